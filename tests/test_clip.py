@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+import torch
+
+from fgb2i_hf.clip import CLIPScorer, images_to_tensor
+
+TINY = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+
+
+def test_embeddings_are_unit_norm_and_round_trip(tmp_path):
+    scorer = CLIPScorer.from_config(TINY)
+    images = np.random.default_rng(0).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
+    img = scorer.encode_images(images)
+    txt = scorer.encode_text(["a dog", "a red car", "x"])
+    assert img.shape == (3, 16) and txt.shape == (3, 16)
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(3))
+    scorer.save_pretrained(tmp_path)
+    again = CLIPScorer.from_pretrained(str(tmp_path))
+    torch.testing.assert_close(again.encode_images(images), img)
+    torch.testing.assert_close(again.encode_text(["a dog", "a red car", "x"]), txt)
+
+
+def test_image_inputs_agree_across_formats():
+    images = np.random.default_rng(1).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    from PIL import Image
+
+    a = images_to_tensor(images)
+    b = images_to_tensor([Image.fromarray(i) for i in images])
+    c = images_to_tensor(torch.from_numpy(images))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)
+    assert a.shape == (2, 3, 8, 8) and 0 <= a.min() and a.max() <= 1
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
+        images_to_tensor(images[0])
+
+
+def test_missing_folder_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        CLIPScorer.from_pretrained(str(tmp_path))
