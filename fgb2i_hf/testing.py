@@ -87,11 +87,12 @@ def tiny_sd_components(seed: int = 0, dim: int = TINY_CROSS_ATTENTION_DIM) -> di
                 scheduler=tiny_ddim_scheduler())
 
 
-def tiny_vd_components(seed: int = 0, dim: int = TINY_CROSS_ATTENTION_DIM) -> dict:
+def tiny_vd_components(seed: int = 0, dim: int = TINY_CROSS_ATTENTION_DIM, vision_patch_size: int = 2) -> dict:
     """The components of a random Versatile Diffusion-shaped model (``VersatileDiffusionDualGuidedPipeline``
     or ``FgB2IVersatileDiffusionPipeline``): ``tokenizer, image_feature_extractor, text_encoder,
     image_encoder, image_unet, text_unet, vae, scheduler``. The CLIP vision tower sees 32 px images in
-    2 px patches, so it returns 257 tokens like VD's ViT-L/14 at 224 px; text contexts have 77 tokens."""
+    2 px patches, so it returns 257 tokens like VD's ViT-L/14 at 224 px (``vision_patch_size=4``: 65 tokens);
+    text contexts have 77 tokens."""
     from diffusers import UNet2DConditionModel
     from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
     from transformers import (CLIPImageProcessor, CLIPTextModelWithProjection, CLIPVisionConfig,
@@ -107,7 +108,7 @@ def tiny_vd_components(seed: int = 0, dim: int = TINY_CROSS_ATTENTION_DIM) -> di
     text_encoder = CLIPTextModelWithProjection(_tiny_clip_text_config(dim))
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=dim, intermediate_size=2 * dim, num_attention_heads=4, num_hidden_layers=2, image_size=32,
-        patch_size=2, projection_dim=dim))
+        patch_size=vision_patch_size, projection_dim=dim))
     feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return dict(tokenizer=tiny_clip_tokenizer(), image_feature_extractor=feature_extractor,
                 text_encoder=text_encoder.eval(), image_encoder=image_encoder.eval(), image_unet=image_unet.eval(),

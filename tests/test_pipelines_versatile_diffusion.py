@@ -213,6 +213,21 @@ def test_save_load_round_trip(features, tmp_path, base):
         assert np.array_equal(runner(loaded, features, **kwargs).images, runner(pipe, features, **kwargs).images)
 
 
+def test_smaller_vision_towers_set_the_image_context_length(features):
+    """A CLIP vision tower with 65 tokens (the tiny SimNSD target models) drives the same dual attention."""
+    pipe = make("brain_diffuser", **{k: v for k, v in tiny_vd_components(seed=0, vision_patch_size=4).items()
+                                     if k in ("image_encoder", "image_feature_extractor")})
+    assert pipe.vision_tokens == 65
+    out = bd_run(pipe, dict(features, vision=features["vision"][:, :65]), w=0.5, captions=CAPTIONS)
+    assert out.fused_embeds.shape == (2, 77 + 65, 32) and np.isfinite(out.images).all()
+    with pytest.raises(ValueError, match=r"`base_vision_embeds` must have shape \(2, 65, 32\)"):
+        bd_run(pipe, features, w=0.0)
+    encoderless = make("mindeye", image_encoder=None, image_feature_extractor=None)
+    assert encoderless.vision_tokens is None
+    assert me_run(encoderless, dict(features, vision=features["vision"][:, :65]), w=0.5,
+                  captions=CAPTIONS).images.shape == (2, 32, 32, 3)
+
+
 def test_a_universal_checkpoint_needs_the_text_unet():
     with pytest.raises(ValueError, match="pass `text_unet`"):
         make("brain_diffuser", text_unet=None)

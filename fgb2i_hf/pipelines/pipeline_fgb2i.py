@@ -236,12 +236,15 @@ class FgB2IPipeline(DiffusionPipeline):
         return captions
 
     @staticmethod
-    def predict_with(decoder, name: str, betas: torch.Tensor, expected_shape: tuple[int, ...] | None,
+    def predict_with(decoder, name: str, betas: torch.Tensor, subject, expected_shape: tuple[int, ...] | None,
                      device, dtype) -> torch.Tensor:
-        """``decoder.predict(betas)`` with a clear error when the decoder is missing or its shape is off."""
+        """``decoder.predict(betas, subject=)`` with clear errors for a missing decoder, mixed subjects, shapes."""
         if decoder is None:
             raise ValueError(f"this pipeline has no `{name}` component: pass it, or pass its output to the call")
-        predicted = torch.as_tensor(decoder.predict(betas))
+        if not isinstance(subject, str):
+            raise ValueError(f"`{name}` is fitted on one subject; call the pipeline once per subject "
+                             f"(this batch mixes {sorted(set(subject))})")
+        predicted = torch.as_tensor(decoder.predict(betas.to(getattr(decoder, "device", betas.device)), subject=subject))
         if predicted.shape[0] != betas.shape[0]:
             raise ValueError(f"`{name}` predicted {predicted.shape[0]} rows for {betas.shape[0]} rows of betas")
         if expected_shape is not None and tuple(predicted.shape[1:]) != tuple(expected_shape):

@@ -129,15 +129,15 @@ class FgB2ILDMPipeline(FgB2IPipeline):
 
         # 2. the base method's conditioning: z and c
         if base_latents is None:
-            base_latents = self.predict_with(self.z_decoder, "z_decoder", betas, None, device, dtype)
+            base_latents = self.predict_with(self.z_decoder, "z_decoder", betas, subject, None, device, dtype)
         base_latents = torch.as_tensor(base_latents).to(device=device, dtype=dtype)
         if (base_latents.ndim != 4 or base_latents.shape[0] != batch_size
                 or base_latents.shape[1] != self.unet.config.in_channels):
             raise ValueError(f"z must be ({batch_size}, {self.unet.config.in_channels}, h, w) scaled VAE latents, "
                              f"got {tuple(base_latents.shape)}")
         if base_embeds is None:
-            base_embeds = self.predict_with(self.c_decoder, "c_decoder", betas, self.text_embedding_shape,
-                                            device, dtype)
+            base_embeds = self.predict_with(self.c_decoder, "c_decoder", betas, subject,
+                                            self.text_embedding_shape, device, dtype)
         base_embeds = self.check_embeds("base_embeds", base_embeds, batch_size, self.text_embedding_shape,
                                         device, dtype)
 

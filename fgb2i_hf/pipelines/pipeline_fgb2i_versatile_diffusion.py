@@ -4,8 +4,8 @@ Versatile Diffusion's dual-guided UNet runs two cross-attention streams in every
 text context (77 CLIP-text tokens) and one on an image context (257 CLIP-vision tokens), and mixes their
 outputs: ``out = m * text_stream + (1 - m) * image_stream`` (diffusers' ``DualTransformer2DModel``,
 ``mix_ratio`` = m, the text weight). This pipeline reuses diffusers' deprecated
-``VersatileDiffusionDualGuidedPipeline`` (it subclasses it: the dual-attention conversion, the
-``set_transformer_params`` mixing and the text encoding are diffusers' own) and replaces the call.
+``VersatileDiffusionDualGuidedPipeline`` (it subclasses it: the dual-attention conversion and the
+text encoding are diffusers' own) and replaces the call.
 
 The two bases (``base=`` at construction, saved in model_index.json):
 
@@ -56,7 +56,7 @@ from .pipeline_fgb2i import (
     repeat_rows,
 )
 
-VISION_TOKENS = 257  # CLIP ViT-L/14 at 224 px: 16 x 16 patches + the class token (fixed in diffusers' VD)
+VD_VISION_TOKENS = 257  # CLIP ViT-L/14 at 224 px: 16 x 16 patches + the class token
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,27 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
     def text_tokens(self) -> int:
         return self.text_encoder.config.max_position_embeddings
 
+    @property
+    def vision_tokens(self) -> int | None:
+        """Tokens of the CLIP-vision context: patches + class token of the image encoder (257 for VD), or
+        ``None`` without an image encoder (then the embeddings passed in decide)."""
+        if self.image_encoder is None:
+            return None
+        config = self.image_encoder.config
+        return (config.image_size // config.patch_size) ** 2 + 1
+
+    def set_dual_attention(self, text_weight: float, text_tokens: int, vision_tokens: int) -> None:
+        """Mix the dual attention streams: ``out = text_weight * text + (1 - text_weight) * image``.
+
+        Diffusers' ``set_transformer_params`` does the same with the image context fixed at 257 tokens; this
+        takes the token counts from the contexts, so smaller CLIP vision towers work too.
+        """
+        for module in self.image_unet.modules():
+            if isinstance(module, DualTransformer2DModel):
+                module.mix_ratio = text_weight
+                module.condition_lengths = [text_tokens, vision_tokens]
+                module.transformer_index_for_condition = [1, 0]  # text context -> text stream, image -> image
+
     # -- encoders (VD's normalised CLIP embeddings) ---------------------------------------------------------
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """VD's CLIP-text context (N, 77, D): projected tokens over the pooled embedding's norm (diffusers' VD)."""
@@ -182,12 +203,13 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         embeds = self.image_encoder.visual_projection(self.image_encoder.vision_model.post_layernorm(hidden))
         return embeds / embeds[:, :1].norm(dim=-1, keepdim=True)
 
-    def unconditional_contexts(self, batch_size: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def unconditional_contexts(self, batch_size: int, dtype, vision_tokens: int | None = None):
         """The (text, image) contexts of the unconditional branch, as the base defines them."""
         device = self._execution_device
         if self.base.uncond == "zeros":
+            vision_tokens = vision_tokens or self.vision_tokens or VD_VISION_TOKENS
             return (torch.zeros(batch_size, self.text_tokens, self.context_dim, device=device, dtype=dtype),
-                    torch.zeros(batch_size, VISION_TOKENS, self.context_dim, device=device, dtype=dtype))
+                    torch.zeros(batch_size, vision_tokens, self.context_dim, device=device, dtype=dtype))
         text = self.encode_text([""]).to(dtype)
         grey = torch.full((1, 3, 224, 224), 0.5)
         image = self.encode_images(grey).to(dtype)
@@ -212,9 +234,10 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
     def predict_branches(self, latents: torch.Tensor, t, branches: list[tuple[torch.Tensor, float]]):
         """Noise predictions of each (context (N, 77 + 257, D), text weight) branch, one UNet call per weight."""
         eps = [None] * len(branches)
+        vision_tokens = branches[0][0].shape[1] - self.text_tokens
         for mix in dict.fromkeys(m for _, m in branches):
             index = [i for i, (_, m) in enumerate(branches) if m == mix]
-            self.set_transformer_params(mix, ("text", "image"))
+            self.set_dual_attention(mix, self.text_tokens, vision_tokens)
             contexts = torch.cat([branches[i][0] for i in index])
             model_input = torch.cat([latents] * len(index)) if len(index) > 1 else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
@@ -295,7 +318,11 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         batch_size = self._batch_size(betas, base_vision_embeds, base_text_embeds)
         self.check_generator(generator, batch_size * num_images_per_prompt)
         do_cfg = guidance_scale > 1.0
-        text_shape, vision_shape = (self.text_tokens, self.context_dim), (VISION_TOKENS, self.context_dim)
+        text_shape = (self.text_tokens, self.context_dim)
+        vision_tokens = self.vision_tokens
+        if vision_tokens is None and base_vision_embeds is not None:
+            vision_tokens = torch.as_tensor(base_vision_embeds).shape[-2]
+        vision_shape = (vision_tokens or VD_VISION_TOKENS, self.context_dim)
 
         # 2. the base method's conditioning
         if base_vision_embeds is None:
@@ -303,14 +330,14 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
                 raise ValueError("the MindEye base needs its CLIP-image embeddings: pass `base_vision_embeds` "
                                  "or `mindeye_inputs` with `nsd_ids`")
             base_vision_embeds = self.predict_with(self.clip_vision_decoder, "clip_vision_decoder", self._need(betas),
-                                                   vision_shape, device, dtype)
+                                                   subject, vision_shape, device, dtype)
         vision = self.check_embeds("base_vision_embeds", base_vision_embeds, batch_size, vision_shape, device, dtype)
         if base.normalize_vision_embeds:
             vision = vision / (vision[:, :1].norm(dim=-1, keepdim=True) + 1e-6)
         if base.name == "brain_diffuser":
             if base_text_embeds is None:
                 base_text_embeds = self.predict_with(self.clip_text_decoder, "clip_text_decoder", self._need(betas),
-                                                     text_shape, device, dtype)
+                                                     subject, text_shape, device, dtype)
             base_text = self.check_embeds("base_text_embeds", base_text_embeds, batch_size, text_shape, device,
                                           dtype)
             base_embeds = base_text
@@ -350,7 +377,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
                      (dual(text_embeds, vision), base_mix if base_mix is not None else 1.0)]
         branches = conds
         if do_cfg:  # the unconditional branch runs through the same mixture as the (first) condition
-            uncond_text, uncond_vision = self.unconditional_contexts(batch_size, dtype)
+            uncond_text, uncond_vision = self.unconditional_contexts(batch_size, dtype, vision_shape[0])
             if negative_text_embeds is not None:
                 uncond_text = self.check_embeds("negative_text_embeds", negative_text_embeds, 1, text_shape, device,
                                                 dtype).expand(batch_size, -1, -1)
