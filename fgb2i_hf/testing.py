@@ -113,3 +113,15 @@ def tiny_vd_components(seed: int = 0, dim: int = TINY_CROSS_ATTENTION_DIM, visio
     return dict(tokenizer=tiny_clip_tokenizer(), image_feature_extractor=feature_extractor,
                 text_encoder=text_encoder.eval(), image_encoder=image_encoder.eval(), image_unet=image_unet.eval(),
                 text_unet=text_unet.eval(), vae=vae.eval(), scheduler=tiny_ddim_scheduler())
+
+
+# An open_clip config small enough for CPU tests (as the metrics tests use): 32 px images, 16-d embeddings.
+TINY_CLIP_CONFIG = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
+                        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+
+
+def tiny_clip_scorer():
+    """A random tiny ``CLIPScorer`` (``fgb2i_hf.clip``), e.g. for the CLIP column with random feature models."""
+    from .clip import CLIPScorer
+
+    return CLIPScorer.from_config(TINY_CLIP_CONFIG)

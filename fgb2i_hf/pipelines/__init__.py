@@ -15,6 +15,7 @@ from .pipeline_fgb2i import (
     fuse_embeddings,
     prepare_betas,
 )
+from .loading import TINY_RANDOM, build_pipeline, load_backbone
 from .mindeye_inputs import MindEyeInputs
 from .pipeline_fgb2i_ldm import FgB2ILDMPipeline
 from .pipeline_fgb2i_versatile_diffusion import BASES, FgB2IVersatileDiffusionPipeline, patch_dual_attention
@@ -23,6 +24,9 @@ __all__ = [
     "BASES",
     "FgB2IVersatileDiffusionPipeline",
     "MindEyeInputs",
+    "TINY_RANDOM",
+    "build_pipeline",
+    "load_backbone",
     "patch_dual_attention",
     "FUSION_MODES",
     "FgB2IPipeline",

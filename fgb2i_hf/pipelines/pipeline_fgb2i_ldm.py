@@ -8,15 +8,17 @@ guidance 5.0, 50 DDIM steps, the unconditional embedding is that of the empty pr
 FgB2I replaces ``c`` by ``w * CLIP_text(decoded caption) + (1 - w) * c`` (``fusion="average"``), or
 composes the two conditions in guidance (``fusion="guidance"``); see ``pipeline_fgb2i``.
 
-``z`` is taken as a scaled SD latent (``vae.config.scaling_factor * E(x)``, 4 x 64 x 64 at 512 px), the
-target ``recipes/fit_decoders.py`` fits, and used directly as the img2img start latent. (Takagi's code
-predicted 4 x 40 x 40 latents of 320 px images and round-tripped them through the VAE at 512 px; with
-512 px targets that round trip is not needed.)
+``z`` is a scaled SD latent (``vae.config.scaling_factor * E(x)``), the target ``recipes/fit_decoders.py``
+fits. By default it is the img2img start latent as it is (output size = z's size x 8). With ``height``/
+``width`` different from that, the pipeline does what Takagi's code does with its 4 x 40 x 40 latents of
+320 px images: decode z, resize the image (bicubic) to height x width, and encode it again (a posterior
+sample drawn with ``generator``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import KarrasDiffusionSchedulers
@@ -75,6 +77,13 @@ class FgB2ILDMPipeline(FgB2IPipeline):
                              truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self._execution_device))[0]
 
+    def resize_latents(self, latents: torch.Tensor, size: tuple[int, int], generator) -> torch.Tensor:
+        """Takagi's round trip: decode, resize the image (bicubic, in [0, 1]), encode again (posterior sample)."""
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        images = (images / 2 + 0.5).clamp(0, 1)
+        images = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+        return self.encode_init_images(images * 2.0 - 1.0, generator, latents.dtype)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -86,6 +95,8 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         captions: list[str] | None = None,
         base_latents: torch.Tensor | None = None,
         base_embeds: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
         strength: float = 0.8,
         guidance_scale: float = 5.0,
         num_inference_steps: int = 50,
@@ -106,6 +117,7 @@ class FgB2ILDMPipeline(FgB2IPipeline):
             captions: B captions to use instead of decoding them from the betas.
             base_latents: (B, 4, h, w) scaled latents z, instead of ``z_decoder.predict(betas)``.
             base_embeds: (B, 77, D) text conditioning c, instead of ``c_decoder.predict(betas)``.
+            height, width: output size; when it differs from z's, z goes through Takagi's VAE round trip.
             strength, guidance_scale, num_inference_steps, eta: img2img settings (Takagi: 0.8, 5.0, 50, 0).
             num_images_per_prompt: samples per row of betas.
             generator: a ``torch.Generator`` or one per image (B * num_images_per_prompt).
@@ -164,9 +176,14 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         branches = ([uncond] if do_cfg else []) + conds
         contexts = torch.cat([repeat_rows(b, num_images_per_prompt) for b in branches])
 
-        # 5. start latents: z noised to the first kept timestep
+        # 5. start latents: z (at the output size) noised to the first kept timestep
         timesteps = self.img2img_timesteps(num_inference_steps, strength, device)
-        latents = self.noised_latents(repeat_rows(base_latents, num_images_per_prompt), timesteps[:1], generator)
+        init_latents = repeat_rows(base_latents, num_images_per_prompt)
+        z_size = (base_latents.shape[2] * self.vae_scale_factor, base_latents.shape[3] * self.vae_scale_factor)
+        size = (height or z_size[0], width or z_size[1])
+        if size != z_size:
+            init_latents = self.resize_latents(init_latents, size, generator)
+        latents = self.noised_latents(init_latents, timesteps[:1], generator)
 
         # 6. denoise
         def predict_noise(latents, t):
