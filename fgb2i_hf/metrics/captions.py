@@ -46,17 +46,16 @@ def _selected(metrics: Iterable[str] | None) -> list[str]:
         return list(CAPTION_METRICS)
     if isinstance(metrics, str):
         metrics = [metrics]
-    chosen: list[str] = []
+    requested: set[str] = set()
     for name in metrics:
         names = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"] if name == "BLEU" else [name]
         for n in names:
             if n not in CAPTION_METRICS:
                 raise ValueError(f"unknown caption metric {name!r}; choose from {list(CAPTION_METRICS)} or 'BLEU'")
-            if n not in chosen:
-                chosen.append(n)
-    if not chosen:
+            requested.add(n)
+    if not requested:
         raise ValueError("metrics is empty: name at least one caption metric")
-    return chosen
+    return [n for n in CAPTION_METRICS if n in requested]  # always in the canonical order
 
 
 def caption_metrics(predictions: list[str], references: list[list[str]], metrics: Iterable[str] | None = None,
@@ -77,6 +76,8 @@ def caption_metrics(predictions: list[str], references: list[list[str]], metrics
     """
     check_captions(predictions, references)
     chosen = _selected(metrics)
+    if tokenizer not in ("auto", "java", "python"):
+        raise ValueError(f"tokenizer backend must be 'auto', 'java' or 'python', got {tokenizer!r}")
     # Start METEOR's jar first: it loads its paraphrase table (~10 s) while we tokenise and score the rest.
     own_meteor = MeteorScorer() if "METEOR" in chosen and meteor is None else None
     try:

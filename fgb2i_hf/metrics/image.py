@@ -168,4 +168,6 @@ def two_way_identification(gt_features, pred_features) -> float:
 def mean_correlation_distance(gt_features, pred_features) -> float:
     """Mean over pairs of ``scipy.spatial.distance.correlation(gt_i, pred_i)`` (= 1 - Pearson r); lower is better."""
     gt, pred = _feature_pair(gt_features, pred_features)
+    # float64: float32 sums of squares of tiny features (e.g. random-weight networks) underflow in scipy.
+    gt, pred = gt.astype(np.float64), pred.astype(np.float64)
     return float(np.mean([scipy.spatial.distance.correlation(g, p) for g, p in zip(gt, pred)]))
