@@ -167,6 +167,19 @@ def test_num_images_per_prompt_and_output_types(pipe, base_inputs):
     assert images.shape == (2, 32, 32, 3) and captions == CAPTIONS
 
 
+def test_height_takes_z_through_takagis_vae_round_trip(pipe, base_inputs):
+    """z of 32 px images reconstructed at 64 px: decode, resize, encode again (Takagi's 320 -> 512 px step)."""
+    z, c = base_inputs
+    out = run(pipe, z, c, w=0.0, height=64, width=64)
+    assert out.images.shape == (2, 64, 64, 3)
+    generator = torch.Generator().manual_seed(3)
+    resized = pipe.resize_latents(z, (64, 64), generator)
+    assert resized.shape == (2, 4, 32, 32)
+    same = pipe(base_latents=resized, base_embeds=c, w=0.0, num_inference_steps=STEPS, generator=generator,
+                output_type="np")
+    assert np.array_equal(out.images, same.images)
+
+
 def test_bad_inputs_fail_clearly(pipe, base_inputs):
     z, c = base_inputs
     with pytest.raises(ValueError, match="`w` must be a number in"):
