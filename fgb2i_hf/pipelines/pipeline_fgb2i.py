@@ -166,7 +166,9 @@ class FgB2IPipeline(DiffusionPipeline):
     components: a pipeline without them still runs with ``captions=`` or at ``w = 0``.
     """
 
-    default_caption_generation_kwargs: dict[str, Any] = {"max_new_tokens": 77}
+    # Passed to generate_captions under the caller's kwargs; empty: the model's own defaults (greedy,
+    # max_new_tokens = config.max_caption_tokens).
+    default_caption_generation_kwargs: dict[str, Any] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -71,7 +71,8 @@ class ReconstructConfig:
     width: int | None = field(default=None, metadata={"help": "Output width (default: as height)."})
     num_images_per_prompt: int = field(default=1, metadata={"help": "Samples per image."})
     num_beams: int = field(default=1, metadata={"help": "Beam search width for the captions (1 = greedy)."})
-    max_new_tokens: int = field(default=77, metadata={"help": "Caption length limit in GPT-2 tokens."})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "Caption length limit in GPT-2 tokens (default: the brain model's max_caption_tokens)."})
     seed: int = field(default=0, metadata={"help": "Seed of the per-image generators (and tiny random models)."})
     dtype: str = field(default="float32", metadata={"help": "float32 (CPU) or float16 (GPU).",
                                                     "choices": ["float32", "float16", "bfloat16"]})
@@ -213,7 +214,9 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
     captions_path = os.path.join(config.output_dir, "captions.jsonl")
     captions = _read_captions(captions_path)
     todo = [k for k, n in enumerate(nsd_ids) if not _done(config, n, captions)]
-    generation = {"num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens}
+    generation = {"num_beams": config.num_beams}
+    if config.max_new_tokens is not None:
+        generation["max_new_tokens"] = config.max_new_tokens
     call = dict(num_images_per_prompt=config.num_images_per_prompt, output_type="pil",
                 caption_generation_kwargs=generation)
     for key in ("num_inference_steps", "guidance_scale", "strength"):
