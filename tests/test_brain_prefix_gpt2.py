@@ -200,12 +200,11 @@ def _naive_greedy(model, prefix, max_new_tokens, eos):
     return torch.stack(tokens, 1)
 
 
-def _varied_model(seed=1):
-    """Larger inits make the captions depend on the brain; a 4x eos embedding makes some (not all) rows end early."""
-    model, tok = tiny_brain_prefix_gpt2(COUNTS, gpt2_overrides={"initializer_range": 0.3}, seed=seed,
-                                        initializer_range=0.2)
+def _varied_model(seed=2):
+    """A 3x eos embedding makes some (not all) rows end early."""
+    model, tok = tiny_brain_prefix_gpt2(COUNTS, seed=seed)
     with torch.no_grad():
-        model.gpt2.transformer.wte.weight[tok.eos_token_id] *= 4
+        model.gpt2.transformer.wte.weight[tok.eos_token_id] *= 3
     return model, tok
 
 
@@ -271,7 +270,7 @@ def test_generation_stops_at_stop_tokens():
 
 
 def test_greedy_generate_mixed_subjects_equals_per_subject():
-    model, _ = _varied_model(seed=2)
+    model, _ = _varied_model(seed=1)
     subjects = ["subj02", "subj01", "subj02", "subj01"]
     betas = random_betas(COUNTS, subjects, seed=7)
     mixed = model.generate(betas=betas, subject=subjects, max_new_tokens=10)

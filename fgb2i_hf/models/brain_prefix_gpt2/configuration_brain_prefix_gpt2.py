@@ -55,8 +55,6 @@ class BrainPrefixGPT2Config(PreTrainedConfig):
             Default ``max_new_tokens`` of `generate` and the caption length the training collator truncates to.
         language_model_name_or_path (`str`, *optional*):
             Where GPT-2 came from (set by ``BrainPrefixGPT2.from_language_model``); recorded in the model card.
-        initializer_range (`float`, defaults to 0.02):
-            Std of the normal initialisation of the subject layers and the mapper's linear layers.
     """
 
     model_type = "brain_prefix_gpt2"
@@ -73,7 +71,6 @@ class BrainPrefixGPT2Config(PreTrainedConfig):
     freeze_language_model: bool = True
     max_caption_tokens: int = 77
     language_model_name_or_path: str | None = None
-    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -34,6 +34,7 @@ def create_model_card(
     license: str = "apache-2.0",
     tags: list[str] | None = None,
     model_name: str | None = None,
+    repo_id: str | None = None,
 ) -> ModelCard:
     """A Hub model card describing a ``BrainPrefixGPT2Config``.
 
@@ -46,6 +47,7 @@ def create_model_card(
         training: name -> value of training settings (epochs, learning rate...), shown as a table.
         base_model: the language model's Hub id; defaults to ``config.language_model_name_or_path`` if it is one.
         license, tags, model_name: card metadata.
+        repo_id: the Hub repository, used in the usage snippet (``push_to_hub`` passes it).
     """
     counts = dict(config.voxel_counts)
     gpt2 = config.gpt2_config
@@ -115,6 +117,7 @@ def create_model_card(
     else:
         lines.append("No metrics recorded.")
     first = next(iter(counts), "subj01")
+    where = repo_id or "path/to/checkpoint"
     lines += [
         "",
         "## Usage",
@@ -123,8 +126,8 @@ def create_model_card(
         "import fgb2i_hf",
         "from transformers import AutoModel, AutoTokenizer",
         "",
-        'model = AutoModel.from_pretrained("REPO_ID")      # BrainPrefixGPT2, registered by `import fgb2i_hf`',
-        'tokenizer = AutoTokenizer.from_pretrained("REPO_ID")',
+        f'model = AutoModel.from_pretrained("{where}")   # BrainPrefixGPT2, registered by `import fgb2i_hf`',
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
         f'captions = model.generate_captions(betas, "{first}", tokenizer, num_beams=5)   # betas: (B, {counts.get(first, "V")})',
         "```",
         "",

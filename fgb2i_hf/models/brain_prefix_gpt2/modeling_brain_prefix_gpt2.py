@@ -16,6 +16,7 @@ subject present. A single-subject batch may be given as (B, V) with ``subject`` 
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -29,6 +30,15 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ...world import resolve_pretrained
 from .configuration_brain_prefix_gpt2 import BrainPrefixGPT2Config, check_subject_name
+
+
+def _default_linear_init(layer: nn.Linear) -> None:
+    """PyTorch's default ``nn.Linear`` initialisation (what ClipCap's layers get): U(+-1/sqrt(fan_in)) for weight and
+    bias, so the scale suits any width, from 15,724 voxels to a 32-wide test model."""
+    init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+    if layer.bias is not None:
+        bound = 1 / math.sqrt(layer.in_features)
+        init.uniform_(layer.bias, -bound, bound)
 
 
 class MapperAttention(nn.Module):
@@ -123,11 +133,8 @@ class BrainPrefixGPT2(PreTrainedModel):
             self.gpt2.requires_grad_(False)
 
     def _init_weights(self, module):
-        std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+            _default_linear_init(module)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -162,7 +169,9 @@ class BrainPrefixGPT2(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained``, after mapping ``simnsd/<component>`` to the packaged SimNSD world."""
-        return super().from_pretrained(resolve_pretrained(pretrained_model_name_or_path), *args, **kwargs)
+        model = super().from_pretrained(resolve_pretrained(pretrained_model_name_or_path), *args, **kwargs)
+        model._setup_language_model()  # loading swaps in new Parameters, which require grad again
+        return model
 
     def train(self, mode: bool = True):
         """Like ``nn.Module.train``; a fully frozen GPT-2 stays in eval mode (no dropout), as in ClipCap."""
@@ -399,8 +408,7 @@ class BrainPrefixGPT2(PreTrainedModel):
             raise ValueError(f"n_voxels for {subject} must be a positive int, got {n_voxels!r}")
         width = self.config.subject_hidden_size or self.config.prefix_length * self.config.hidden_size
         layer = nn.Linear(n_voxels, width, device=self.device, dtype=self.mapper.prefix_const.dtype)
-        init.normal_(layer.weight, mean=0.0, std=self.config.initializer_range)
-        init.zeros_(layer.bias)
+        _default_linear_init(layer)
         if freeze_others:
             self.requires_grad_(False)
         self.subject_proj[subject] = layer
@@ -456,7 +464,7 @@ class BrainPrefixGPT2(PreTrainedModel):
 
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        card = dict(model_card or {})
+        card = {"repo_id": repo_id, **(model_card or {})}
         if tags:
             card["tags"] = list(card.get("tags") or []) + list(tags)
         with tempfile.TemporaryDirectory() as tmp:
