@@ -41,6 +41,27 @@ def test_frozen_language_model_gets_no_gradient_and_no_dropout():
     assert trainable.gpt2.transformer.h[0].attn.c_attn.weight.grad.abs().sum() > 0
 
 
+def test_activation_checkpointing_with_a_frozen_language_model():
+    model, _ = tiny_brain_prefix_gpt2(COUNTS, gpt2_overrides={"resid_pdrop": 0.5, "attn_pdrop": 0.5})
+    model.train()
+    calls = []
+    model.gpt2.transformer.h[0].attn.register_forward_hook(lambda *a: calls.append(1))
+    loss = _loss(model)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert len(calls) == 1
+    model.zero_grad()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    calls.clear()
+    again = _loss(model)
+    again.backward()
+    assert len(calls) == 2  # the block was recomputed in the backward pass: checkpointing is on
+    assert torch.equal(again, loss)  # and no dropout crept in
+    for n, g in grads.items():
+        torch.testing.assert_close(model.get_parameter(n).grad, g, atol=1e-6, rtol=1e-5, msg=n)
+
+
 def test_add_subject_trains_only_the_new_layer(tmp_path):
     model, tok = tiny_brain_prefix_gpt2(COUNTS)
     layer = model.add_subject("subj03", 24)

@@ -178,6 +178,10 @@ class BrainPrefixGPT2(PreTrainedModel):
         super().train(mode)
         if mode and not any(p.requires_grad for p in self.gpt2.parameters()):
             self.gpt2.eval()
+            # transformers checkpoints a block only while the block's own flag says "training"; raising just that flag
+            # keeps activation checkpointing usable with a frozen GPT-2 (its attention, MLP and dropout stay in eval).
+            for block in self.gpt2.transformer.h:
+                block.training = True
         return self
 
     # -- inputs ---------------------------------------------------------------------------------------------------
