@@ -34,6 +34,9 @@ def test_shapes_through_every_path(tiny):
     assert mixed.shape == (3, 56)
     assert model(betas=mixed, subject=["subj01", "subj02", "subj01"], **batch).logits.shape == (3, l + T, vocab)
     assert model.generate(betas=betas, subject="subj02", max_new_tokens=5).shape == (3, 5)
+    # float16 betas (as datasets stores them) and numpy arrays are accepted and cast to the model's dtype
+    torch.testing.assert_close(model.encode_brain(betas.half(), "subj02"), model.encode_brain(betas.half().float(), "subj02"))
+    torch.testing.assert_close(model.encode_brain(betas.numpy(), "subj02"), prefix)
     assert len(model.generate_captions(betas, "subj02", tok, max_new_tokens=5)) == 3
 
 
@@ -303,6 +306,10 @@ def test_betas_length_differs_from_voxel_count(tiny):
         model.encode_brain(betas, ["subj01", "subj02"])
     with pytest.raises(ValueError, match=r"2-D tensor"):
         model.encode_brain(torch.zeros(40), "subj01")
+    with pytest.raises(ValueError, match=r"no rows"):
+        model.encode_brain(torch.zeros(0, 40), "subj01")
+    with pytest.raises(ValueError, match=r"floating point"):
+        model.encode_brain(torch.zeros(1, 40, dtype=torch.long), "subj01")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

@@ -84,6 +84,11 @@ def test_from_language_model_wraps_a_pretrained_gpt2(tmp_path):
     model.save_pretrained(tmp_path / "brain")
     again = BrainPrefixGPT2.from_pretrained(tmp_path / "brain")
     assert torch.equal(again.gpt2.transformer.wte.weight, lm.transformer.wte.weight)
+    # the brain side follows the language model's dtype
+    double = BrainPrefixGPT2.from_language_model(str(tmp_path / "lm"), voxel_counts=COUNTS, prefix_length=3,
+                                                 mapper_layers=1, language_model_kwargs={"dtype": torch.float64})
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
+    assert double.generate(betas=torch.randn(2, 40), subject="subj01", max_new_tokens=3).shape == (2, 3)
     with pytest.raises(ValueError, match="do not pass gpt2_config"):
         BrainPrefixGPT2.from_language_model(str(tmp_path / "lm"), voxel_counts=COUNTS, gpt2_config={})
 

@@ -161,8 +161,8 @@ class BrainPrefixGPT2(PreTrainedModel):
             language_model_name_or_path=str(name_or_path),
             **config_kwargs,
         )
-        model = cls(config)
-        model.gpt2 = language_model.to(model.dtype)
+        model = cls(config).to(device=language_model.device, dtype=language_model.dtype)
+        model.gpt2 = language_model  # the randomly initialised GPT-2 built by cls(config) is dropped
         model._setup_language_model()
         return model
 
@@ -198,6 +198,8 @@ class BrainPrefixGPT2(PreTrainedModel):
             raise ValueError(f"betas must be floating point, got dtype {betas.dtype}")
         counts = self.config.voxel_counts
         batch, width = betas.shape
+        if batch == 0:
+            raise ValueError("betas has no rows: expected at least one brain (B >= 1)")
         if isinstance(subject, str):
             subjects = [subject]
         elif isinstance(subject, Sequence) and all(isinstance(s, str) for s in subject):
@@ -233,9 +235,8 @@ class BrainPrefixGPT2(PreTrainedModel):
                     f"row {i} ({subjects[i]}) has non-zero values after its {counts[subjects[i]]} voxels: a betas "
                     f"length that differs from the subject's voxel count, or padding that is not zeros"
                 )
-        proj = next(iter(self.subject_proj.values())) if len(self.subject_proj) else None
-        dtype = proj.weight.dtype if proj is not None else self.dtype
-        return betas.to(device=self.device, dtype=dtype), subject if isinstance(subject, str) else subjects
+        reference = self.mapper.prefix_const
+        return betas.to(reference.device, reference.dtype), subject if isinstance(subject, str) else subjects
 
     def _project_subjects(self, betas: torch.Tensor, subject: str | list[str]) -> torch.Tensor:
         """(B, V) -> (B, width): one matmul per subject present, rows put back in their order."""
