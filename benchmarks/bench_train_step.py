@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
           f"prefix 10, mapper 8x8, subjects {counts}, subject_hidden_size {args.subject_hidden_size}; "
           f"{results['trainable_params'] / 1e6:.1f}M of {results['total_params'] / 1e6:.1f}M parameters trained; "
           f"fp32 on {device_name} ({torch.get_num_threads()} CPU threads)")
-    print(f"batch {args.batch} x {args.caption_tokens} caption tokens (mixed subjects), AdamW: "
+    print(f"batch {args.batch} x {args.caption_tokens} caption tokens ({len(counts)} subject(s) mixed), AdamW: "
           f"{seconds * 1e3:.1f} ms/step (median of {args.steps}), {args.batch / seconds:.2f} samples/s")
     print(f"FLOPs per step {flops / 1e12:.3f} T (forward {forward_flops / 1e12:.3f} T, ratio {flops / forward_flops:.2f}); "
           f"achieved {achieved / 1e12:.3f} TFLOP/s; fp32 matmul peak ({peak_size}^3) {peak / 1e12:.3f} TFLOP/s; "
