@@ -29,7 +29,14 @@ class VoxelStats:
     session_std: np.ndarray | None = None
 
     def normalize(self, betas_pct) -> np.ndarray:
-        """Training z-score of betas in % signal change, (..., V) -> float32 (..., V)."""
+        """Training z-score of betas in % signal change, (..., V) -> float32 (..., V).
+
+        For a dataset built with ``zscore="session"`` there is no single transform: z-score new data by the
+        statistics of its own session (as the build did with ``session_mean``/``session_std``).
+        """
+        if self.zscore == "session":
+            raise ValueError(f"{self.subject}'s dataset was z-scored per session; z-score new data by its own "
+                             "session's statistics (this dataset's are in session_mean / session_std)")
         x = np.asarray(betas_pct, dtype=np.float32)
         if x.shape[-1] != self.mean.shape[0]:
             raise ValueError(f"betas have {x.shape[-1]} voxels but {self.subject}'s statistics have {self.mean.shape[0]}")
