@@ -216,3 +216,22 @@ def test_torch_batches_and_stimuli(simnsd_dataset, simnsd_root):
     assert np.array_equal(pickle.loads(pickle.dumps(stim))[ids[0]], images[0])  # reopens in workers
     with pytest.raises(IndexError, match="out of range"):
         stim[len(stim)]
+
+
+def test_betas_tensor_pads_mixed_subjects(simnsd_dataset):
+    from fgb2i_hf.data import betas_tensor
+
+    ds = simnsd_dataset["train"].with_format("numpy", columns=["betas", "subject"])
+    same = ds[:8]
+    x = betas_tensor(same["betas"])
+    assert x.shape == (8, 314) and x.dtype == torch.float32
+    assert torch.equal(x, torch.tensor(np.stack(same["betas"]).astype(np.float32)))
+    n = len(ds)
+    mixed = ds.select([0, n - 1])  # subj01 (314 voxels) and subj07 (254)
+    rows = mixed["betas"]
+    y = betas_tensor(rows, dtype=torch.float16)
+    assert y.shape == (2, 314) and y.dtype == torch.float16 and list(mixed["subject"]) == ["subj01", "subj07"]
+    assert torch.equal(y[1, :254], torch.from_numpy(np.asarray(rows[1])).half()) and not y[1, 254:].any()
+    assert betas_tensor(same["betas"], pad_to=400).shape == (8, 400)
+    with pytest.raises(ValueError, match="shorter"):
+        betas_tensor(rows, pad_to=300)

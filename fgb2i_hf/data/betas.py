@@ -92,8 +92,10 @@ class _VoxelOrder:
         self.n = int(self.roi.sum())
         self.index_xyz = np.full(labels.shape, -1, dtype=np.int64)
         self.index_xyz[self.roi] = np.arange(self.n)
-        coords = np.argwhere(self.roi)
+        coords = np.argwhere(self.roi)  # C order of (X, Y, Z): the output order
         self.lo, self.hi = coords.min(0), coords.max(0) + 1  # bounding box (X, Y, Z)
+        x, y, _ = labels.shape
+        self.flat_zyx = (coords[:, 2] * y + coords[:, 1]) * x + coords[:, 0]  # index in a flattened (Z, Y, X) volume
 
 
 def _read_hdf5_session(path: str, order: _VoxelOrder) -> np.ndarray:
@@ -114,19 +116,24 @@ def _read_hdf5_session(path: str, order: _VoxelOrder) -> np.ndarray:
                 f"so NSD's hdf5 layout (750, Z, Y, X) should be {expected}; wrong subject, resolution or file?")
         (x0, y0, z0), (x1, y1, z1) = order.lo, order.hi
         index_zyx = order.index_xyz.transpose(2, 1, 0)
-        out = np.empty((TRIALS_PER_SESSION, order.n), dtype=dset.dtype)
         plane_bytes = TRIALS_PER_SESSION * (y1 - y0) * (x1 - x0) * dset.dtype.itemsize
         step = max(1, _SLAB_BYTES // max(1, plane_bytes))
+        parts, positions = [], []
         for za in range(z0, z1, step):
             zb = min(z1, za + step)
             try:
                 slab = dset[:, za:zb, y0:y1, x0:x1]
             except OSError as e:
                 raise NSDDataError(f"{path}: truncated or corrupt HDF5 data ({e}); re-download it from nsddata_betas") from None
-            sel = index_zyx[za:zb, y0:y1, x0:x1]
-            keep = sel >= 0
-            out[:, sel[keep]] = slab[:, keep]
-    return out
+            sel = index_zyx[za:zb, y0:y1, x0:x1].ravel()
+            keep = np.flatnonzero(sel >= 0)
+            parts.append(np.take(slab.reshape(TRIALS_PER_SESSION, -1), keep, axis=1))
+            positions.append(sel[keep])
+    # gather, then one permutation into the output order (column scatters are ~7x slower)
+    position = np.concatenate(positions)
+    source = np.empty_like(position)
+    source[position] = np.arange(len(position))
+    return np.take(np.concatenate(parts, axis=1), source, axis=1)
 
 
 def _read_nifti_session(path: str, order: _VoxelOrder, block: int = 50) -> np.ndarray:
@@ -152,8 +159,8 @@ def _read_nifti_session(path: str, order: _VoxelOrder, block: int = 50) -> np.nd
                 buf = f.read(frame * n * dtype.itemsize)
                 if len(buf) != frame * n * dtype.itemsize:
                     raise EOFError(f"file ends inside volume {t0 + len(buf) // (frame * dtype.itemsize)}")
-                vols = np.frombuffer(buf, dtype).reshape((*shape[:3], n), order="F")
-                values = vols[order.roi].T  # boolean indexing walks the mask in C order of (X, Y, Z)
+                # n Fortran-order (X, Y, Z) volumes = a C-order (n, Z, Y, X) array
+                values = np.take(np.frombuffer(buf, dtype).reshape(n, frame), order.flat_zyx, axis=1)
                 if slope not in (None, 1.0) or inter not in (None, 0.0):
                     values = values * (slope or 1.0) + (inter or 0.0)
                 out[t0:t0 + n] = values

@@ -239,9 +239,9 @@ class NSD(datasets.GeneratorBasedBuilder):
         total_sq = np.zeros(source.n_vox)
         n = len(source.rows["train"])
         for start in range(0, n, 4 * _BLOCK_ROWS):
-            block = source.row_block("train", start, min(n, start + 4 * _BLOCK_ROWS)).astype(np.float64)
-            total += block.sum(0)
-            total_sq += (block**2).sum(0)
+            block = source.row_block("train", start, min(n, start + 4 * _BLOCK_ROWS))
+            total += block.sum(0, dtype=np.float64)
+            total_sq += np.square(block).sum(0, dtype=np.float64)
         source.zscore = zscore
         mean, std = mean_std(total, total_sq, n)
         session = self.config.zscore == "session"

@@ -38,9 +38,10 @@ class RawBetasSource:
                 elif block.dtype != self.dtype:
                     raise NSDDataError(f"{session_files[s + 1]}: betas are {block.dtype} but session 1 was {self.dtype}")
                 out.write(np.ascontiguousarray(block).tobytes())
-                train = ~table.is_test[s * TRIALS_PER_SESSION:(s + 1) * TRIALS_PER_SESSION]
-                pct = block[train].astype(np.float64) / BETAS_SCALE
-                self.session_mean[s], self.session_std[s] = mean_std(pct.sum(0), (pct**2).sum(0), len(pct))
+                if zscore == "session":
+                    train = ~table.is_test[s * TRIALS_PER_SESSION:(s + 1) * TRIALS_PER_SESSION]
+                    pct = block[train].astype(np.float64) / BETAS_SCALE
+                    self.session_mean[s], self.session_std[s] = mean_std(pct.sum(0), (pct**2).sum(0), len(pct))
         self._row_bytes = self.n_vox * self.dtype.itemsize
         self._fd = os.open(scratch_path, os.O_RDONLY)
 
@@ -68,6 +69,8 @@ class RawBetasSource:
     def row_block(self, split: str, start: int, stop: int) -> np.ndarray:
         """Rows start..stop of a split, each the mean of its trials, float32 (n, V)."""
         rows = self.rows[split][start:stop]
+        if all(len(t) == 1 for _, t in rows):  # single trials, already in increasing order
+            return self.read_trials(np.array([t[0] for _, t in rows]))
         trials = np.unique(np.concatenate([t for _, t in rows]))
         values = self.read_trials(trials)
         out = np.empty((len(rows), self.n_vox), np.float32)
