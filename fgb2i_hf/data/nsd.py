@@ -26,7 +26,7 @@ from .betas import available_sessions, read_nsdgeneral, resolve_sessions
 from .brain_diffuser import BrainDiffuserSource
 from .coco import default_fine_captions, read_coco_annotations, read_fine_captions
 from .design import read_expdesign, read_stim_info, trial_table
-from .layout import (DEFAULT_BETAS_TYPE, SUBJECTS, NSDMissingFileError, NSDPaths, brain_diffuser_files, subject_id)
+from .layout import DEFAULT_BETAS_TYPE, SUBJECTS, NSDMissingFileError, NSDPaths, subject_id
 from .normalize import STATS_FILENAME, ZSCORE_MODES, VoxelStats, mean_std
 from .raw_source import RawBetasSource
 from .stimuli import NSDStimuli
@@ -198,10 +198,7 @@ class NSD(datasets.GeneratorBasedBuilder):
         design = read_expdesign(paths)
         self._bd_captions = None
         if layout == "raw":
-            if cfg.average_train is None:
-                average_train = False
-            else:
-                average_train = cfg.average_train
+            average_train = bool(cfg.average_train)  # None -> single trials
             files = available_sessions(paths, cfg.subject, cfg.betas_format)
             sessions = resolve_sessions(files, cfg.sessions, paths.betas_dir(cfg.subject))
             table = trial_table(design, cfg.subject, sessions)
@@ -216,7 +213,6 @@ class NSD(datasets.GeneratorBasedBuilder):
             if cfg.zscore == "session":
                 raise ValueError("zscore='session' needs single trials (raw layout); Brain-Diffuser's files are averages")
             processed = cfg.processed_dir or os.path.join(paths.root, "processed_data")
-            brain_diffuser_files(processed, cfg.subject)
             n_vox = None
             if os.path.isfile(paths.nsdgeneral(cfg.subject)):
                 n_vox = int((read_nsdgeneral(paths, cfg.subject) > 0).sum())
