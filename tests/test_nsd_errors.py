@@ -177,3 +177,36 @@ def test_fine_captions_file(root, tmp_path):
     _fails(root, tmp_path, NSDDataError, r"fine_captions\.jsonl:1: 'nsd_id' must be a non-negative int")
     _fails(root, tmp_path, FileNotFoundError, r"fine captions file .*elsewhere\.jsonl not found",
            fine_captions=str(tmp_path / "elsewhere.jsonl"))
+
+
+def test_json_streaming_matches_json_load(tmp_path, small_root):
+    from fgb2i_hf.data.jsonstream import iter_json_object
+
+    tricky = {"info": {"s": 'a \\"quoted\\" ] } [ { , : string \u00e9', "n": 12345678901234567890}, "images": [],
+              "annotations": [{"id": i, "caption": "x" * (i * 37 % 101) + '"]},{', "v": [1.5e-3, None, True]}
+                              for i in range(200)],
+              "categories": [{"id": 1, "name": "person"}], "empty": {}, "last": -0.25}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(tricky, indent=1))
+    for chunk in (7, 64, 1 << 20):  # buffer refills inside strings, numbers and items
+        events = list(iter_json_object(str(path), chunk_size=chunk))
+        items = [v for kind, key, v in events if kind == "item"]
+        values = {key: v for kind, key, v in events if kind == "value"}
+        assert items == tricky["annotations"]
+        assert values == {k: v for k, v in tricky.items() if k != "annotations"}
+    coco = NSDPaths(small_root).instances("train2017")
+    events = list(iter_json_object(coco, chunk_size=1000))
+    ref = json.load(open(coco))
+    assert [v for kind, key, v in events if key == "annotations"] == ref["annotations"]
+    assert [v for kind, key, v in events if key == "categories"][0] == ref["categories"]
+    path.write_text(json.dumps(tricky)[:-40])  # truncated
+    with pytest.raises(ValueError):
+        list(iter_json_object(str(path), chunk_size=64))
+
+
+def test_corrupt_annotation_file(root, tmp_path):
+    p = NSDPaths(root)
+    text = open(p.instances("val2017")).read()
+    with open(p.instances("val2017"), "w") as f:
+        f.write(text[: len(text) // 2])
+    _fails(root, tmp_path, NSDDataError, r"instances_val2017\.json: not valid JSON.*COCO instances")

@@ -13,6 +13,7 @@ import os
 import warnings
 from typing import Iterable
 
+from .jsonstream import iter_json_object
 from .layout import NSDDataError, NSDPaths, require_file
 
 # The 80 COCO 2017 instance categories: (id, name, supercategory). Ids are COCO's (with its gaps).
@@ -46,15 +47,26 @@ COCO_CATEGORY_ID = {name: cid for cid, name, _ in COCO_CATEGORIES}
 COCO_CATEGORY_NAME = {cid: name for cid, name, _ in COCO_CATEGORIES}
 
 
-def _load_json(path: str, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise NSDDataError(f"{path}: not valid JSON ({e}); expected COCO {what} annotations") from None
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise NSDDataError(f"{path}: expected a COCO {what} file (a JSON object with an 'annotations' list)")
-    return data
+def _annotations(path: str, what: str):
+    """``(annotations, top-level values)`` of a COCO file; annotations are streamed one at a time."""
+    values: dict = {}
+
+    def items():
+        seen = False
+        try:
+            for kind, key, value in iter_json_object(path):
+                if kind == "item" and key == "annotations":
+                    seen = True
+                    yield value
+                elif kind == "value":
+                    values[key] = value
+                    seen = seen or (key == "annotations" and isinstance(value, list) and not value)
+        except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+            raise NSDDataError(f"{path}: not valid JSON ({e}); expected COCO {what} annotations") from None
+        if not seen:
+            raise NSDDataError(f"{path}: expected a COCO {what} file (a JSON object with an 'annotations' list)")
+
+    return items(), values
 
 
 def read_coco_annotations(paths: NSDPaths, wanted: dict[str, set[int]], on_missing_captions: str = "error"):
@@ -78,22 +90,21 @@ def read_coco_annotations(paths: NSDPaths, wanted: dict[str, set[int]], on_missi
             continue
         cap_path = require_file(paths.captions(split), "annotations", f"COCO captions for cocoSplit={split}")
         inst_path = require_file(paths.instances(split), "annotations", f"COCO instances for cocoSplit={split}")
-        for ann in _load_json(cap_path, "captions")["annotations"]:
+        anns, _ = _annotations(cap_path, "captions")
+        for ann in anns:
             image_id = ann.get("image_id")
             if image_id in ids:
                 captions.setdefault(int(image_id), []).append(str(ann["caption"]).strip())
-        data = _load_json(inst_path, "instances")
-        names = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        anns, top = _annotations(inst_path, "instances")
         found: dict[int, set[int]] = {}
-        for ann in data["annotations"]:
+        for ann in anns:  # categories come after annotations in COCO's files: check ids at the end
             image_id = ann.get("image_id")
             if image_id in ids:
-                cid = int(ann["category_id"])
-                if cid not in names:
-                    raise NSDDataError(f"{inst_path}: annotation {ann.get('id')} has category_id {cid}, "
-                                       "which is not in the file's 'categories'")
-                found.setdefault(int(image_id), set()).add(cid)
-        del data
+                found.setdefault(int(image_id), set()).add(int(ann["category_id"]))
+        names = {int(c["id"]): str(c["name"]) for c in top.get("categories", [])}
+        unknown = sorted({c for cs in found.values() for c in cs} - set(names))
+        if unknown:
+            raise NSDDataError(f"{inst_path}: category_id {unknown} used by annotations but not in the file's 'categories'")
         for image_id in ids:
             objects[int(image_id)] = [names[c] for c in sorted(found.get(image_id, ()))]
         missing = sorted(i for i in ids if i not in captions)
