@@ -103,8 +103,8 @@ class BrainDiffuserSource:
                     raise NSDDataError(f"{path}: row {i} is not the image nsd_id={self.rows[split][i][0]} that "
                                        "nsd_expdesign.mat puts there; the files do not follow Brain-Diffuser's order")
 
-    def row_block(self, split: str, start: int, stop: int) -> np.ndarray:
-        """Betas of rows start..stop in % signal change, float32 (n, V)."""
+    def row_block(self, split: str, start: int, stop: int, session_zscore: bool = False) -> np.ndarray:
+        """Betas of rows start..stop in % signal change, float32 (n, V) (per-session z-scoring needs trials)."""
         return np.asarray(self.fmri[split][start:stop], dtype=np.float32) / 300.0
 
     def close(self) -> None:

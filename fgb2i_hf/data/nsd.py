@@ -229,16 +229,14 @@ class NSD(datasets.GeneratorBasedBuilder):
 
     def _statistics(self, source) -> VoxelStats:
         """Per-voxel mean and std (ddof=1) of the training rows in % signal change."""
-        zscore = getattr(source, "zscore", "none")
-        source.zscore = "none"  # statistics of the unnormalised rows, whatever the mode
         total = np.zeros(source.n_vox)
         total_sq = np.zeros(source.n_vox)
         n = len(source.rows["train"])
         for start in range(0, n, 4 * _BLOCK_ROWS):
-            block = source.row_block("train", start, min(n, start + 4 * _BLOCK_ROWS))
+            # statistics of the rows in % signal change, whatever the z-scoring mode
+            block = source.row_block("train", start, min(n, start + 4 * _BLOCK_ROWS), session_zscore=False)
             total += block.sum(0, dtype=np.float64)
             total_sq += np.square(block).sum(0, dtype=np.float64)
-        source.zscore = zscore
         mean, std = mean_std(total, total_sq, n)
         session = self.config.zscore == "session"
         return VoxelStats(self.config.subject, self.config.zscore, mean, std, n,

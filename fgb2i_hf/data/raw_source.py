@@ -45,8 +45,9 @@ class RawBetasSource:
         self._row_bytes = self.n_vox * self.dtype.itemsize
         self._fd = os.open(scratch_path, os.O_RDONLY)
 
-    def read_trials(self, trials: np.ndarray) -> np.ndarray:
-        """Betas of sorted, distinct trial indices in % signal change, float32 (n, V); runs are read at once."""
+    def read_trials(self, trials: np.ndarray, session_zscore: bool = True) -> np.ndarray:
+        """Betas of sorted, distinct trial indices in % signal change, float32 (n, V); runs are read at once.
+        With ``zscore="session"`` (and ``session_zscore``) each trial is z-scored by its session's statistics."""
         out = np.empty((len(trials), self.n_vox), np.float32)
         i = 0
         while i < len(trials):
@@ -60,19 +61,19 @@ class RawBetasSource:
             out[i:j] = np.frombuffer(buf, self.dtype).reshape(j - i, self.n_vox)
             i = j
         out /= BETAS_SCALE
-        if self.zscore == "session":
+        if self.zscore == "session" and session_zscore:
             sess = trials // TRIALS_PER_SESSION
             out -= self.session_mean[sess]
             out /= self.session_std[sess]
         return out
 
-    def row_block(self, split: str, start: int, stop: int) -> np.ndarray:
+    def row_block(self, split: str, start: int, stop: int, session_zscore: bool = True) -> np.ndarray:
         """Rows start..stop of a split, each the mean of its trials, float32 (n, V)."""
         rows = self.rows[split][start:stop]
         if all(len(t) == 1 for _, t in rows):  # single trials, already in increasing order
-            return self.read_trials(np.array([t[0] for _, t in rows]))
+            return self.read_trials(np.array([t[0] for _, t in rows]), session_zscore)
         trials = np.unique(np.concatenate([t for _, t in rows]))
-        values = self.read_trials(trials)
+        values = self.read_trials(trials, session_zscore)
         out = np.empty((len(rows), self.n_vox), np.float32)
         for k, (_, ts) in enumerate(rows):
             out[k] = values[np.searchsorted(trials, ts)].mean(0)

@@ -177,7 +177,13 @@ def _encoding_model(cfg: SimNSDConfig, features: np.ndarray, coords: np.ndarray,
         gain = cfg.block_gains[name] / math.sqrt(len(names))
         parts.append(rng.standard_normal((len(names), n_vox)) * gain * mod[None, :])
     weights = np.concatenate(parts).astype(np.float32)
-    signal_sd = (features @ weights).std(0) + 1e-6
+    total, total_sq = np.zeros(n_vox), np.zeros(n_vox)
+    for start in range(0, len(features), 1000):  # in chunks: all images x voxels would be 0.6 GB at full scale
+        signal = features[start:start + 1000] @ weights
+        total += signal.sum(0, dtype=np.float64)
+        total_sq += np.square(signal).sum(0, dtype=np.float64)
+    mean = total / len(features)
+    signal_sd = np.sqrt(np.maximum(total_sq / len(features) - mean**2, 0)) + 1e-6
     amplitude = cfg.signal_std * np.exp(rng.normal(0, 0.3, n_vox))
     weights *= (amplitude / signal_sd).astype(np.float32)[None, :]
     offset = rng.normal(0, cfg.voxel_offset_std, n_vox).astype(np.float32)
