@@ -17,7 +17,7 @@ noise-free response of any image is known (``noiseless_response``) and a decoder
 
 Grids. ``tiny`` uses a few hundred voxels per subject; ``full`` keeps the real nsdgeneral voxel counts and
 trial counts (40 sessions x 750) but a compact volume around them (about 1.3 voxels of grid per ROI voxel,
-e.g. 25 x 32 x 26 for subj01 instead of 81 x 104 x 83), so that a subject needs ~1.3 GB instead of ~40 GB.
+e.g. 25 x 33 x 26 for subj01 instead of 81 x 104 x 83), so that a subject needs ~1.4 GB instead of ~40 GB.
 """
 
 from __future__ import annotations
