@@ -357,7 +357,7 @@ def coco_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[st
         col = [_coloured(x, w) for x, w in zip(objs, o)]
         if len(objs) == 1:
             templates = [f"{a(o[0])} {bg()}", f"{a(col[0])} {bg()}", f"there is {a(o[0])} {bg()}",
-                         f"a picture of {a(o[0])}", f"{a(o[0])} {objs[0].size == 'large' and 'close up' or 'in the distance'}",
+                         f"a picture of {a(o[0])}", f"{a(o[0])} {'close up' if objs[0].size == 'large' else 'in the distance'}",
                          f"{a(col[0])}"]
         elif len(objs) == 2:
             templates = [f"{a(o[0])} next to {a(o[1])}", f"{a(o[0])} and {a(o[1])} {bg()}",
