@@ -223,3 +223,70 @@ def test_from_pretrained_names_what_it_cannot_load(tmp_path, components):
     # the concrete class loads a plain SD checkpoint (as from CompVis/stable-diffusion-v1-4), FgB2I parts empty
     loaded = FgB2ILDMPipeline.from_pretrained(tmp_path / "sd")
     assert loaded.brain_model is None and loaded.unet.config.cross_attention_dim == 32
+
+
+# -- the captioner (BrainPrefixGPT2) ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def brain_pipe(components):
+    from fgb2i_hf.testing import tiny_brain_prefix_gpt2
+
+    model, tokenizer = tiny_brain_prefix_gpt2({"subj01": 40, "subj02": 56}, seed=0)
+    pipe = FgB2ILDMPipeline(**components, brain_model=model, caption_tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_captions_are_decoded_from_the_betas(brain_pipe, base_inputs):
+    from fgb2i_hf.testing import random_betas
+
+    z, c = base_inputs
+    betas = random_betas({"subj01": 40}, ["subj01", "subj01"], seed=1)
+    expected = brain_pipe.brain_model.generate_captions(betas, "subj01", brain_pipe.caption_tokenizer)
+    out = brain_pipe(betas, "subj01", base_latents=z, base_embeds=c, w=0.5, num_inference_steps=STEPS,
+                     generator=torch.Generator().manual_seed(3), output_type="np")
+    assert out.captions == expected and len(out.captions) == 2
+    assert torch.equal(out.text_embeds, brain_pipe.encode_text(expected))
+    given = run(brain_pipe, z, c, w=0.5, captions=expected)
+    assert np.array_equal(out.images, given.images)  # decoding the captions does not touch the diffusion RNG
+    beams = brain_pipe(betas, "subj01", base_latents=z, base_embeds=c, w=0.5, num_inference_steps=STEPS,
+                       caption_generation_kwargs={"num_beams": 3, "max_new_tokens": 5}, output_type="np")
+    assert beams.captions == brain_pipe.brain_model.generate_captions(
+        betas, "subj01", brain_pipe.caption_tokenizer, num_beams=3, max_new_tokens=5)
+
+
+def test_mixed_subject_betas_reach_the_captioner_padded(brain_pipe, base_inputs):
+    z, c = base_inputs
+    rows = [np.random.default_rng(0).standard_normal(40), np.random.default_rng(1).standard_normal(56)]
+    out = brain_pipe(rows, ["subj01", "subj02"], base_latents=z, base_embeds=c, w=0.5, num_inference_steps=2,
+                     output_type="latent")
+    padded, subjects = prepare_betas(rows, ["subj01", "subj02"])
+    assert out.captions == brain_pipe.brain_model.generate_captions(padded, subjects, brain_pipe.caption_tokenizer)
+
+
+def test_w0_with_a_captioner_never_calls_it(brain_pipe, pipe, base_inputs, monkeypatch):
+    z, c = base_inputs
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the captioner ran at w = 0")
+
+    monkeypatch.setattr(brain_pipe.brain_model, "generate_captions", fail)
+    out = brain_pipe(torch.zeros(2, 40), "subj01", base_latents=z, base_embeds=c, w=0.0, num_inference_steps=STEPS,
+                     generator=torch.Generator().manual_seed(3), output_type="np")
+    assert np.array_equal(out.images, run(pipe, z, c, w=0.0).images) and out.captions is None
+
+
+def test_round_trip_with_the_brain_model(brain_pipe, base_inputs, tmp_path):
+    from fgb2i_hf.testing import random_betas
+
+    z, c = base_inputs
+    betas = random_betas({"subj01": 40}, ["subj01", "subj01"], seed=2)
+    brain_pipe.save_pretrained(tmp_path / "fgb2i")
+    loaded = FgB2IPipeline.from_pretrained(tmp_path / "fgb2i")
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.brain_model).__name__ == "BrainPrefixGPT2"
+    kwargs = dict(base_latents=z, base_embeds=c, w=0.5, num_inference_steps=STEPS, output_type="np")
+    a = brain_pipe(betas, "subj01", generator=torch.Generator().manual_seed(3), **kwargs)
+    b = loaded(betas, "subj01", generator=torch.Generator().manual_seed(3), **kwargs)
+    assert a.captions == b.captions and np.array_equal(a.images, b.images)

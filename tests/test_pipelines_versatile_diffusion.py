@@ -181,6 +181,18 @@ def test_mindeye_fusion_weight_is_the_dual_attention_text_weight(mindeye, featur
         me_run(mindeye, f, w=0.5, captions=CAPTIONS, text_mix=0.4)
 
 
+def test_captions_decoded_from_betas_feed_the_text_context(features):
+    from fgb2i_hf.testing import random_betas, tiny_brain_prefix_gpt2
+
+    model, tokenizer = tiny_brain_prefix_gpt2({"subj01": 40}, seed=0)
+    pipe = make("brain_diffuser", brain_model=model, caption_tokenizer=tokenizer)
+    betas = random_betas({"subj01": 40}, ["subj01", "subj01"], seed=1)
+    out = bd_run(pipe, features, betas=betas, subject="subj01", w=0.5)
+    captions = model.generate_captions(betas, "subj01", tokenizer)
+    assert out.captions == captions
+    assert np.array_equal(out.images, bd_run(pipe, features, w=0.5, captions=captions).images)
+
+
 @pytest.mark.parametrize("base", ["brain_diffuser", "mindeye"])
 def test_guidance_fusion_runs_on_both_bases(bd, mindeye, features, base):
     pipe, runner = (bd, bd_run) if base == "brain_diffuser" else (mindeye, me_run)
