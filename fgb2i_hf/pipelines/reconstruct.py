@@ -293,9 +293,9 @@ def _write_settings(config: ReconstructConfig) -> None:
 
     from .. import __version__
 
-    record = {"config": asdict(config), "versions": {"fgb2i_hf": __version__, "torch": torch.__version__,
-                                                     "diffusers": diffusers.__version__,
-                                                     "transformers": transformers.__version__}}
+    record = {"config": asdict(config), "versions": {"fgb2i_hf": __version__, "torch": str(torch.__version__),
+                                                     "diffusers": str(diffusers.__version__),
+                                                     "transformers": str(transformers.__version__)}}
     path = os.path.join(config.output_dir, "reconstruct.yaml")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         yaml.safe_dump(record, f, sort_keys=False)
