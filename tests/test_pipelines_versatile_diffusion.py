@@ -238,6 +238,8 @@ def test_smaller_vision_towers_set_the_image_context_length(features):
     assert encoderless.vision_tokens is None
     assert me_run(encoderless, dict(features, vision=features["vision"][:, :65]), w=0.5,
                   captions=CAPTIONS).images.shape == (2, 32, 32, 3)
+    # MindEye's embeddings set the length even beside a 257-token image encoder (which MindEye never runs)
+    assert me_run(make("mindeye"), dict(features, vision=features["vision"][:, :65]), w=0.0).images.shape == (2, 32, 32, 3)
 
 
 def test_a_universal_checkpoint_needs_the_text_unet():

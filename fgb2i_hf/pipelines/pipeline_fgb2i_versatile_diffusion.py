@@ -319,7 +319,8 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         self.check_generator(generator, batch_size * num_images_per_prompt)
         do_cfg = guidance_scale > 1.0
         text_shape = (self.text_tokens, self.context_dim)
-        vision_tokens = self.vision_tokens
+        # MindEye never runs the image encoder (its unconditional context is zeros): its embeddings set the length
+        vision_tokens = None if base.name == "mindeye" else self.vision_tokens
         if vision_tokens is None and base_vision_embeds is not None:
             vision_tokens = torch.as_tensor(base_vision_embeds).shape[-2]
         vision_shape = (vision_tokens or VD_VISION_TOKENS, self.context_dim)
