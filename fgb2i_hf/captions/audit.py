@@ -256,6 +256,7 @@ def image_grid(images: np.ndarray, labels: Sequence[str], columns: int = 5, size
     """A PIL grid of uint8 images (N, H, W, 3), each with a short label underneath."""
     from PIL import Image, ImageDraw
 
+    columns = max(1, min(columns, len(images)))
     rows = max(1, -(-len(images) // columns))
     label_h = 28
     grid = Image.new("RGB", (columns * size, rows * (size + label_h)), "white")
