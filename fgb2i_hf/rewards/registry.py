@@ -1,0 +1,105 @@
+"""Reward registry and the checked call that the REINFORCE trainer uses.
+
+A reward is any callable ``reward(completions: list[str], **columns) -> list[float]`` — trl's reward
+convention (trl.GRPOTrainer): one float per completion, ``columns`` are the batch's dataset columns
+repeated once per completion (``captions``, ``fine_captions``, ``objects``, ``nsd_id``, ``subject``,
+``images``, ...). Rewards should accept ``**kwargs`` and ignore the columns they do not use.
+
+Rewards are named in YAML by a registered name (``object_accuracy``, ``clip_text_image``,
+``clip_image_image``) or by ``"package.module:attribute"`` for a user's own.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+RewardFunction = Callable[..., Sequence[float]]
+
+_REGISTRY: dict[str, Callable[..., RewardFunction]] = {}
+
+
+class RewardError(RuntimeError):
+    """A reward raised, returned the wrong number of values, or returned NaN/inf."""
+
+
+def register_reward(name: str):
+    """Register a reward factory under ``name``: a function (used as is when called without arguments,
+    or with the keyword arguments bound) or a class (instantiated with the keyword arguments)."""
+
+    def decorator(obj):
+        if name in _REGISTRY and _REGISTRY[name] is not obj:
+            raise ValueError(f"reward name {name!r} is already registered to {_REGISTRY[name]!r}")
+        _REGISTRY[name] = obj
+        return obj
+
+    return decorator
+
+
+def available_rewards() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _import_attribute(spec: str):
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"reward {spec!r}: expected a registered name {available_rewards()} or 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"reward {spec!r}: cannot import module {module_name!r} ({e})") from e
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"reward {spec!r}: module {module_name!r} has no attribute {attribute!r}") from None
+
+
+def get_reward(name_or_path: str, **kwargs: Any) -> RewardFunction:
+    """A reward callable from a registered name or ``"package.module:attribute"``.
+
+    Classes are instantiated with ``kwargs``; functions are returned as they are, or with ``kwargs``
+    bound (``functools.partial``).
+    """
+    if name_or_path in _REGISTRY:
+        factory = _REGISTRY[name_or_path]
+    elif ":" in name_or_path:
+        factory = _import_attribute(name_or_path)
+    else:
+        raise ValueError(f"unknown reward {name_or_path!r}; registered rewards: {available_rewards()}, "
+                         "or give 'package.module:attribute'")
+    if isinstance(factory, type):
+        return factory(**kwargs)
+    if not callable(factory):
+        raise ValueError(f"reward {name_or_path!r} is not callable: {factory!r}")
+    return functools.partial(factory, **kwargs) if kwargs else factory
+
+
+def reward_name(fn: RewardFunction) -> str:
+    """A readable name for logs: the function's or class's name."""
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    return getattr(base, "__name__", type(base).__name__)
+
+
+def call_reward(name: str, fn: RewardFunction, completions: list[str], **columns: Any) -> np.ndarray:
+    """Call one reward and check what it returns: one finite float per completion, else ``RewardError``
+    naming the reward. Nothing is skipped silently."""
+    try:
+        values = fn(completions=completions, **columns)
+    except Exception as e:  # re-raised with the reward's name; the original is chained
+        raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e}") from e
+    try:
+        values = np.asarray(list(values), dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise RewardError(f"reward {name!r} must return a list of floats, got {type(values).__name__}") from e
+    if values.shape != (len(completions),):
+        raise RewardError(f"reward {name!r} returned {values.size} values for {len(completions)} completions")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise RewardError(f"reward {name!r} returned {values[i]} (not finite) for completion {i}: "
+                          f"{completions[i]!r}; {int(bad.sum())} of {len(values)} values are NaN/inf")
+    return values
+
