@@ -66,7 +66,7 @@ def tiny_llava(seed: int = 0, image_size: int = 28, patch_size: int = 14, hidden
                               projection_dim=hidden_size)
     text = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-                       max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                       max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     n_image_tokens = (image_size // patch_size) ** 2
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.image_token_id,

@@ -184,18 +184,25 @@ def flag_audits(audits: Sequence[CaptionAudit], thresholds: AuditThresholds) -> 
 
 def filter_records(records: Sequence[dict], audits: Sequence[CaptionAudit], action: str = "flag") -> list[dict]:
     """Fine-caption records after the audit: failing ones dropped (``action="drop"``) or marked
-    ``"flagged": true`` with their ``"flag_reasons"`` (``action="flag"``); the others unchanged (an earlier
-    flag is cleared, so re-filtering with new thresholds is consistent)."""
+    ``"flagged": true`` with their ``"flag_reasons"`` (``action="flag"``).
+
+    ``audits[k].record_index`` is the position of its record in ``records``. An audited record that passes loses
+    an earlier flag (re-filtering with new thresholds is consistent); records without an audit are kept as they
+    are. The input records are not modified.
+    """
     if action not in ("flag", "drop"):
         raise ValueError(f"filter action must be 'flag' or 'drop', got {action!r}")
-    failing = {a.record_index: a.flags for a in audits if a.source == "fine" and a.flags}
+    fine = [a for a in audits if a.source == "fine" and a.record_index is not None]
+    failing = {a.record_index: a.flags for a in fine if a.flags}
+    audited = {a.record_index for a in fine}
     out = []
     for i, record in enumerate(records):
-        record = {k: v for k, v in record.items() if k not in ("flagged", "flag_reasons")}
+        if i in audited:
+            record = {k: v for k, v in record.items() if k not in ("flagged", "flag_reasons")}
         if i in failing:
             if action == "drop":
                 continue
-            record.update(flagged=True, flag_reasons=failing[i])
+            record = {**record, "flagged": True, "flag_reasons": failing[i]}
         out.append(record)
     return out
 
