@@ -16,3 +16,29 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# --- SimNSD fixtures shared by every part (issue 2) -------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def simnsd_root(tmp_path_factory):
+    """A tiny SimNSD (subj01, subj02, subj05, subj07; hdf5 and nii.gz betas), written once per test session."""
+    from fgb2i_hf.data import simulate_nsd
+
+    root = tmp_path_factory.mktemp("simnsd") / "nsd"
+    simulate_nsd(root, scale="tiny", seed=0, betas_formats=("hdf5", "nii.gz"))
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def nsd_cache_dir(tmp_path_factory):
+    """A `datasets` cache folder for the session (never the user's ~/.cache)."""
+    return str(tmp_path_factory.mktemp("hf_datasets_cache"))
+
+
+@pytest.fixture(scope="session")
+def simnsd_dataset(simnsd_root, nsd_cache_dir):
+    """`load_nsd` of the tiny SimNSD, all four subjects, default options (train single trials, z-scored)."""
+    from fgb2i_hf.data import load_nsd
+
+    return load_nsd(simnsd_root, subjects=["subj01", "subj02", "subj05", "subj07"], cache_dir=nsd_cache_dir)
