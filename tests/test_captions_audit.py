@@ -151,3 +151,9 @@ def test_report_without_coco_or_clip_leaves_those_out():
     audits = audit_captions(FINE[:1], image_truth([10], OBJECTS))
     text = render_report({"fine captions": summarize(audits)}, audits, {})
     assert "CLIP agreement" not in text and "COCO captions" not in text and "| 0.0000 |" in text
+
+
+def test_worst_captions_break_ties_by_recall():
+    truth = {1: ["dog", "cat"], 2: ["dog", "cat"], 3: ["dog"]}
+    audits = audit_captions([(1, "a dog and a cat"), (2, "a dog"), (3, "a dog")], truth)
+    assert [a.nsd_id for a in worst_captions(audits, 3)] == [2, 1, 3]

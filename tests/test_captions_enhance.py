@@ -14,6 +14,7 @@ from fgb2i_hf.captions.cache import CaptionCacheError, read_cache
 from fgb2i_hf.captions.enhance import (LLAVA_PROMPT_FORMAT, ImageCaptioner, NotAVisionLanguageModelError,
                                        enhance_captions)
 from fgb2i_hf.captions.length import clip_token_count
+from fgb2i_hf.data import NSDStimuli
 from fgb2i_hf.testing import save_tiny_llava, tiny_llava
 
 GEN = {"max_new_tokens": 12}
@@ -141,23 +142,14 @@ def test_an_unreadable_image_fails_alone_and_is_retried_on_the_next_run(captione
     corrupt_h5_image(brick, 5)
     path = str(tmp_path / "f.jsonl")
 
-    class H5:  # the interface of fgb2i_hf.data.NSDStimuli
-        def __init__(self, p):
-            import h5py
-            self.path, self.file = p, h5py.File(p, "r")
-
-        def __len__(self):
-            return len(self.file["imgBrick"])
-
-        def get(self, ids):
-            return self.file["imgBrick"][sorted(ids)]
-
-    summary = enhance_captions(captioner, H5(brick), range(8), path, batch_size=3, progress=False)
+    with NSDStimuli(brick) as stimuli:  # the data package's reader of imgBrick
+        summary = enhance_captions(captioner, stimuli, range(8), path, batch_size=3, progress=False)
     assert list(summary.failed) == [5] and "unreadable image" in summary.failed[5] and "OSError" in summary.failed[5]
     assert sorted(r["nsd_id"] for r in lines_of(path)) == [0, 1, 2, 3, 4, 6, 7]
     assert "failed nsd_id 5: unreadable image" in str(summary)
     write_h5_brick(brick, images)  # the file is repaired: the next run captions only the missing image
-    again = enhance_captions(captioner, H5(brick), range(8), path, batch_size=3, progress=False)
+    with NSDStimuli(brick) as stimuli:
+        again = enhance_captions(captioner, stimuli, range(8), path, batch_size=3, progress=False)
     assert (again.done, again.skipped, again.failed) == (1, 7, {})
     assert sorted(r["nsd_id"] for r in lines_of(path)) == list(range(8))
 

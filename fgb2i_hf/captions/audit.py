@@ -208,9 +208,10 @@ def filter_records(records: Sequence[dict], audits: Sequence[CaptionAudit], acti
 
 
 def worst_captions(audits: Sequence[CaptionAudit], n: int = 20) -> list[CaptionAudit]:
-    """The ``n`` worst: most hallucinated mentions, then highest CHAIR_i, then lowest CLIP agreement."""
+    """The ``n`` worst: most hallucinated mentions, then highest CHAIR_i, lowest recall, lowest CLIP agreement."""
     def key(a):
-        return (-len(a.hallucinated), -(a.chair_i or 0.0), a.clip if a.clip is not None else float("inf"), a.nsd_id)
+        return (-len(a.hallucinated), -(a.chair_i or 0.0), a.recall if a.recall is not None else 1.0,
+                a.clip if a.clip is not None else float("inf"), a.nsd_id)
 
     return sorted(audits, key=key)[:n]
 
