@@ -96,6 +96,21 @@ def test_processor_pads_on_the_left_and_cpu_runs_in_float32(captioner):
     assert n_image_tokens == 4  # (28 // 14) ** 2 patches: what the vision tower produces
 
 
+def test_a_tokenizer_without_pad_token_pads_with_eos():
+    model, processor = tiny_llava()
+    processor.tokenizer.pad_token = None
+    captioner = ImageCaptioner(model, processor, "m", generation_kwargs=GEN)
+    assert processor.tokenizer.pad_token == "</s>"
+    assert len(captioner.caption(random_images(2))) == 2
+
+
+def test_progress_bar_shows_the_eta_and_counts(captioner, tmp_path, capfd):
+    enhance_captions(captioner, ArrayStimuli(random_images(4)), range(4), str(tmp_path / "f.jsonl"), batch_size=2,
+                     progress=True)
+    err = capfd.readouterr().err
+    assert "captioning" in err and "4/4" in err and "img/s" in err and "<00:00" in err  # elapsed<remaining
+
+
 def test_long_captions_are_cut_to_77_clip_tokens_and_counted(llava_dir, tmp_path):
     captioner = ImageCaptioner.from_pretrained(llava_dir, generation_kwargs={"max_new_tokens": 100})
     uncut = ImageCaptioner.from_pretrained(llava_dir, generation_kwargs={"max_new_tokens": 100}, max_clip_tokens=None)

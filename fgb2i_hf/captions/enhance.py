@@ -88,7 +88,9 @@ class ImageCaptioner:
         self.max_clip_tokens = max_clip_tokens
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is not None:
-            tokenizer.padding_side = "left"
+            tokenizer.padding_side = "left"  # generation continues from the last position of every row
+            if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+                tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked by the attention mask
         self.prompt_text = self._render_prompt(prompt, use_chat_template)
         self.settings_hash = settings_hash(model_id, revision, self.prompt_text, self.generation_kwargs, max_clip_tokens)
 
