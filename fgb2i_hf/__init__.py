@@ -4,7 +4,15 @@ __version__ = "0.1.0"
 
 import importlib
 
-_SUBMODULES = ("captions", "data", "decoders", "metrics", "pipelines", "rewards", "rl", "world")
+from transformers import AutoConfig, AutoModel
+
+from .models import BrainPrefixGPT2, BrainPrefixGPT2Config
+
+AutoConfig.register(BrainPrefixGPT2Config.model_type, BrainPrefixGPT2Config, exist_ok=True)
+AutoModel.register(BrainPrefixGPT2Config, BrainPrefixGPT2, exist_ok=True)
+
+_SUBMODULES = ("captions", "data", "decoders", "metrics", "models", "pipelines", "rewards", "rl", "testing",
+               "tokenization", "world")
 
 
 def __getattr__(name):

@@ -1,11 +1,128 @@
-"""Tiny models built from configs, for tests, benchmarks and examples (no download, no Hub).
+"""Small builders for tests (ours and other parts'): a caption tokenizer and tiny BrainPrefixGPT2 models, and a
+tiny LLaVA for the captioner.
 
-Each builder has its own clearly named functions; random weights, seeded.
+    model, tokenizer = tiny_brain_prefix_gpt2({"subj01": 40, "subj02": 56})      # random weights, well under 1 s
+    model, processor = tiny_llava()                                              # LlavaForConditionalGeneration
+
+Everything is offline and seeded: the same call gives the same weights and the same tokenizer.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+
+import torch
+from transformers import GPT2Config
+
+from .models import BrainPrefixGPT2, BrainPrefixGPT2Config
+from .tokenization import train_caption_tokenizer
+
+CAPTIONS = (
+    "a man riding a wave on top of a surfboard.",
+    "a plate of food with broccoli and a fork.",
+    "two giraffes standing next to a tall tree.",
+    "a red double decker bus driving down a street.",
+    "a cat sleeping on a laptop keyboard!",
+    "a group of people flying kites in a park.",
+    "a small brown dog sitting on a wooden bench.",
+    "a kitchen with a white stove and a sink.",
+    "an elephant walking through tall green grass.",
+    "a pizza with cheese and tomatoes on a table.",
+    "a woman holding an umbrella in the rain.",
+    "a train stopped at a station next to a platform!",
+    "a boy swinging a baseball bat at a ball.",
+    "a bowl of oranges and bananas on a counter.",
+    "a herd of zebras grazing on a dry field.",
+    "a teddy bear sitting on a bed with pillows.",
+    "a clock tower in front of a cloudy sky.",
+    "a person skiing down a snowy mountain slope.",
+    "a bathroom with a toilet and a mirror.",
+    "three horses standing in a fenced pasture!",
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer_json(vocab_size: int) -> str:
+    return train_caption_tokenizer(CAPTIONS, vocab_size=vocab_size).backend_tokenizer.to_str()
+
+
+def tiny_caption_tokenizer(vocab_size: int = 384):
+    """A byte-level BPE tokenizer trained on ``CAPTIONS`` (eos = bos = ``<|endoftext|>`` = id 0, no pad token)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from .tokenization import EOS_TOKEN
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_cached_tokenizer_json(vocab_size)),
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        model_max_length=1024,
+    )
+
+
+def tiny_gpt2_config(vocab_size: int, eos_token_id: int = 0, **overrides) -> GPT2Config:
+    """A 2-layer, 32-wide GPT-2 without dropout; bos = eos = ``eos_token_id``.
+
+    Its init std is 0.3 rather than GPT-2's 0.02: at 0.02 a random 32-wide GPT-2 barely attends to anything, so its
+    next token ignores the prefix and no brain could steer it; at 0.3 captions depend on the brain and training on
+    the prefix side lowers the loss, as tests of training need.
+    """
+    kwargs = dict(
+        vocab_size=vocab_size, n_positions=128, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+    )
+    kwargs.update(overrides)
+    return GPT2Config(**kwargs)
+
+
+def tiny_brain_prefix_gpt2(voxel_counts=None, tokenizer=None, seed: int = 0, gpt2_overrides: dict | None = None,
+                           **overrides):
+    """(model, tokenizer): a tiny BrainPrefixGPT2 (prefix 4, mapper 2 layers x 4 heads, GPT-2 2 x 32) in eval mode.
+
+    ``voxel_counts`` defaults to ``{"subj01": 40, "subj02": 56}``; ``overrides`` are config fields
+    (``prefix_length``, ``subject_hidden_size``, ``freeze_language_model``...); ``gpt2_overrides`` GPT2Config fields.
+    """
+    tokenizer = tokenizer if tokenizer is not None else tiny_caption_tokenizer()
+    config = dict(
+        voxel_counts=dict(voxel_counts or {"subj01": 40, "subj02": 56}),
+        prefix_length=4, mapper_layers=2, mapper_heads=4, max_caption_tokens=24,
+        gpt2_config=tiny_gpt2_config(len(tokenizer), tokenizer.eos_token_id, **(gpt2_overrides or {})),
+    )
+    config.update(overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BrainPrefixGPT2(BrainPrefixGPT2Config(**config))
+    return model.eval(), tokenizer
+
+
+def random_betas(voxel_counts: dict[str, int], subjects: list[str], seed: int = 0) -> torch.Tensor:
+    """(B, V_max) standard-normal betas, row i zero-padded after voxel_counts[subjects[i]] entries."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(voxel_counts[s] for s in subjects)
+    betas = torch.zeros(len(subjects), width)
+    for i, s in enumerate(subjects):
+        betas[i, : voxel_counts[s]] = torch.randn(voxel_counts[s], generator=generator)
+    return betas
+
+
+def caption_batch(tokenizer, captions: list[str], max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """Training inputs in the model's format: ``caption + eos`` tokens padded on the right with eos, the attention
+    mask, and labels = input_ids with -100 at padded positions (never masked by token id)."""
+    rows = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in captions]
+    if max_tokens is not None:
+        rows = [r[:max_tokens] for r in rows]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.eos_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        attention_mask[i, : len(r)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "labels": input_ids.masked_fill(attention_mask == 0, -100)}
+
 
 # --- tiny LLaVA (captions, issue 6) ---------------------------------------------------------------------------
 
@@ -55,7 +172,6 @@ def tiny_llava(seed: int = 0, image_size: int = 28, patch_size: int = 14, hidden
     dropped by ``vision_feature_select_strategy="default"``, as in LLaVA-1.5: 24 x 24 = 576 there, 2 x 2 = 4 with
     the defaults here), which is what the model's vision tower produces. Returns ``(model, processor)``.
     """
-    import torch
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
@@ -72,8 +188,9 @@ def tiny_llava(seed: int = 0, image_size: int = 28, patch_size: int = 14, hidden
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.image_token_id,
                          image_seq_length=n_image_tokens, vision_feature_select_strategy="default",
                          vision_feature_layer=-2, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
@@ -91,3 +208,7 @@ def save_tiny_llava(path: str, **kwargs) -> str:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+__all__ = ["CAPTIONS", "TINY_LLAVA_CHAT_TEMPLATE", "caption_batch", "random_betas", "save_tiny_llava",
+           "tiny_brain_prefix_gpt2", "tiny_caption_tokenizer", "tiny_gpt2_config", "tiny_llava", "tiny_llava_tokenizer"]
