@@ -53,3 +53,28 @@ def decode_dataset(model, tokenizer, dataset, batch_size: int = 64, shuffle_beta
                                             **generation_kwargs)
     model.train(was_training)
     return captions
+
+
+FAST_CAPTION_METRICS = ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr")
+
+
+def caption_report(predictions: list[str], dataset, references: str = "fine_captions",
+                   metrics=FAST_CAPTION_METRICS, rewards: dict[str, Any] | None = None) -> dict[str, float]:
+    """Caption metrics against ``dataset[references]``, object P/R/F1 against ``dataset["objects"]``, and the
+    mean of each reward in ``rewards`` ({name: callable}) on the predictions."""
+    from .metrics import caption_metrics, object_metrics
+    from .rewards import call_reward
+
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} rows")
+    refs = dataset[references]
+    report: dict[str, float] = {}
+    if metrics:
+        report.update(caption_metrics(predictions, refs, metrics=list(metrics)))
+    objects = object_metrics(predictions, dataset["objects"])
+    report.update({"object P": objects["precision"], "object R": objects["recall"], "object F1": objects["f1"]})
+    if rewards:
+        columns = {c: dataset[c] for c in dataset.column_names if c != "betas"}
+        for name, fn in rewards.items():
+            report[f"reward {name}"] = float(call_reward(name, fn, predictions, **columns).mean())
+    return report

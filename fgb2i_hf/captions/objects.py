@@ -129,20 +129,24 @@ def _merge_phrases(words: list[str], vocab: CocoVocabulary) -> list[str]:
     return merged
 
 
+def caption_object_mentions(caption: str, vocab: CocoVocabulary | None = None) -> list[str]:
+    """Every mention of a COCO category in ``caption``, in order, repeats kept (what CHAIR_i counts).
+
+    >>> caption_object_mentions("A man walks a dog; the man holds a leash and the puppy runs.")
+    ['person', 'dog', 'person', 'dog']
+    """
+    vocab = vocab or load_coco_vocabulary()
+    words = _normalise_words(_WORD.findall(caption.lower()), vocab)
+    return [vocab.synonym_to_category[t] for t in _merge_phrases(words, vocab) if t in vocab.synonym_to_category]
+
+
 def caption_objects(caption: str, vocab: CocoVocabulary | None = None) -> list[str]:
     """COCO categories named in ``caption``, in order of first mention, without repeats.
 
     >>> caption_objects("Two dogs chase a frisbee near a parked motor bike.")
     ['dog', 'frisbee', 'motorcycle']
     """
-    vocab = vocab or load_coco_vocabulary()
-    words = _normalise_words(_WORD.findall(caption.lower()), vocab)
-    seen: dict[str, None] = {}
-    for token in _merge_phrases(words, vocab):
-        category = vocab.synonym_to_category.get(token)
-        if category is not None:
-            seen.setdefault(category, None)
-    return list(seen)
+    return list(dict.fromkeys(caption_object_mentions(caption, vocab)))
 
 
 def canonical_objects(names: Iterable[str], vocab: CocoVocabulary | None = None) -> list[str]:

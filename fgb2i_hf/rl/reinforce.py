@@ -201,7 +201,10 @@ class ReinforceTrainer:
                                              seed=config.seed, passthrough=tuple(self.columns))
         self.sampler = EpochShuffleSampler(len(train_dataset), config.seed)
         dataloader = DataLoader(train_dataset, batch_size=config.per_device_train_batch_size, sampler=self.sampler,
-                                collate_fn=self.collator, drop_last=False)
+                                collate_fn=self.collator, drop_last=False,
+                                # its own generator: starting an epoch must not draw from the global RNG that
+                                # sampling uses, or a resumed run would sample differently
+                                generator=torch.Generator().manual_seed(config.seed))
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")

@@ -1,0 +1,161 @@
+"""REINFORCE co-training: planted rewards move the policy, resume is exact, failures are loud."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fgb2i_hf.clip import CLIPScorer
+from fgb2i_hf.data import NSDStimuli
+from fgb2i_hf.rewards import RewardError
+from fgb2i_hf.rl import ReinforceConfig, ReinforceTrainer
+from fgb2i_hf.testing import tiny_brain_prefix_gpt2
+from fgb2i_hf.tokenization import train_caption_tokenizer
+
+SUBJECTS = ["subj01", "subj02"]
+
+
+@pytest.fixture(scope="module")
+def rows(simnsd_dataset):
+    train = simnsd_dataset["train"]
+    keep = [i for i, s in enumerate(train["subject"]) if s in SUBJECTS]
+    return train.select(keep[::30])  # ~130 rows of two subjects
+
+
+@pytest.fixture(scope="module")
+def tokenizer(simnsd_dataset):
+    captions = [c for cs in simnsd_dataset["train"]["fine_captions"][:3000] for c in cs]
+    return train_caption_tokenizer(captions, vocab_size=300)
+
+
+def make_model(rows, tokenizer, seed=0):
+    counts = {}
+    for s, b in zip(rows["subject"], rows["betas"]):
+        counts.setdefault(s, len(b))
+    model, _ = tiny_brain_prefix_gpt2(counts, tokenizer=tokenizer, seed=seed, max_caption_tokens=12)
+    return model
+
+
+def letters(completions, **columns):
+    """Planted reward: the fraction of characters that are lowercase letters or spaces."""
+    return [sum(ch in "abcdefghijklmnopqrstuvwxyz " for ch in c) / max(1, len(c)) for c in completions]
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), rewards=["letters"], reward_weights=[1.0], num_samples=4, ce_weight=0.0,
+                baseline="leave_one_out", max_steps=40, per_device_train_batch_size=8, logging_steps=10,
+                learning_rate=2e-2, seed=0)
+    base.update(kw)
+    return ReinforceConfig(**base)
+
+
+def test_planted_reward_moves_the_policy_in_the_direction_of_its_weight(rows, tokenizer, tmp_path):
+    final = {}
+    for weight in (1.0, -1.0):
+        out = tmp_path / f"w{weight}"
+        trainer = ReinforceTrainer(make_model(rows, tokenizer), tokenizer, config(out, reward_weights=[weight]), rows,
+                                   rewards=[letters])
+        history = trainer.train()
+        assert [h["step"] for h in history] == [10, 20, 30, 40]
+        logged = [json.loads(line) for line in open(out / "log.jsonl")]
+        assert logged[-1]["reward/letters"] == pytest.approx(history[-1]["reward/letters"])
+        assert set(trainer.timings) == {"sampling", "reward/letters", "backward"}
+        final[weight] = (history[0]["reward/letters"], history[-1]["reward/letters"])
+    (up_first, up_last), (down_first, down_last) = final[1.0], final[-1.0]
+    assert up_last > up_first + 0.05, final  # rewarded behaviour grows...
+    assert down_last < down_first, final  # ...penalised behaviour shrinks
+    assert up_last > down_last + 0.1, final
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+
+
+def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(rows, tokenizer, tmp_path):
+    kw = dict(max_steps=6, ce_weight=1.0, baseline="greedy", kl_coef=0.1, learning_rate=5e-3, save_steps=3)
+    full = ReinforceTrainer(make_model(rows, tokenizer), tokenizer, config(tmp_path / "full", **kw), rows,
+                            rewards=[letters])
+    full.train()
+
+    killed = ReinforceTrainer(make_model(rows, tokenizer), tokenizer, config(tmp_path / "cut", **kw), rows,
+                              rewards=[letters])
+    original_step = killed.training_step
+
+    def step_then_die(batch):
+        if killed.global_step == 4:  # checkpoint-3 is on disk; step 4 is half done
+            raise KeyboardInterrupt("simulated kill")
+        return original_step(batch)
+
+    killed.training_step = step_then_die
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    assert [os.path.basename(p) for p in killed.list_checkpoints()] == ["checkpoint-3"]
+
+    resumed = ReinforceTrainer(make_model(rows, tokenizer), tokenizer,
+                               config(tmp_path / "cut", resume_from_checkpoint="latest", **kw), rows, rewards=[letters])
+    resumed.train()
+    assert resumed.global_step == 6
+    torch.testing.assert_close(_params(resumed.accelerator.unwrap_model(resumed.model)),
+                               _params(full.accelerator.unwrap_model(full.model)), rtol=0, atol=0)
+
+
+def test_a_nan_reward_stops_training_with_its_name(rows, tokenizer, tmp_path):
+    def broken(completions, **columns):
+        return [float("nan")] * len(completions)
+
+    cfg = config(tmp_path, rewards=["letters", "broken"], reward_weights=[1.0, 1.0], max_steps=2)
+    trainer = ReinforceTrainer(make_model(rows, tokenizer), tokenizer, cfg, rows, rewards=[letters, broken])
+    before = _params(trainer.model).clone()
+    with pytest.raises(RewardError, match="reward 'broken' returned nan"):
+        trainer.train()
+    torch.testing.assert_close(_params(trainer.model), before)  # no step was taken
+
+
+def test_missing_resume_checkpoint_is_named(rows, tokenizer, tmp_path):
+    trainer = ReinforceTrainer(make_model(rows, tokenizer), tokenizer,
+                               config(tmp_path, resume_from_checkpoint="latest"), rows, rewards=[letters])
+    with pytest.raises(FileNotFoundError, match="holds no complete checkpoint"):
+        trainer.train()
+
+
+def test_empty_reference_captions_are_refused_before_training(rows, tokenizer, tmp_path):
+    empty = rows.map(lambda r: {"fine_captions": []})
+    with pytest.raises(ValueError, match="empty 'fine_captions'"):
+        ReinforceTrainer(make_model(rows, tokenizer), tokenizer, config(tmp_path), empty, rewards=[letters])
+
+
+def test_registered_rewards_by_name_with_stimuli_and_final_save(rows, tokenizer, simnsd_root, tmp_path):
+    from fgb2i_hf import BrainPrefixGPT2
+
+    clip = CLIPScorer.from_config(dict(
+        embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)))
+    cfg = config(tmp_path, rewards=["object_accuracy", "clip_text_image", "clip_image_image"],
+                 reward_weights=[0.01, 0.01, 0.01], ce_weight=1.0, max_steps=2, logging_steps=1, num_samples=2,
+                 reward_kwargs={"clip_image_image": {"renderer": "tests_render:noise"}})
+    render_module = tmp_path / "tests_render.py"
+    render_module.write_text("import numpy as np\n"
+                             "def noise(prompts):\n"
+                             "    return np.random.default_rng(len(prompts)).integers(0, 255, (len(prompts), 32, 32, 3),"
+                             " dtype=np.uint8)\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import tests_render
+
+        cfg.reward_kwargs["clip_image_image"]["renderer"] = tests_render.noise
+        trainer = ReinforceTrainer(make_model(rows, tokenizer), tokenizer, cfg, rows,
+                                   reward_context={"stimuli": NSDStimuli(simnsd_root), "clip": clip})
+        history = trainer.train()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("tests_render", None)
+    assert {"reward/object_accuracy", "reward/clip_text_image", "reward/clip_image_image", "ce"} <= set(history[-1])
+    assert all(-1 <= history[-1][f"reward/{n}"] <= 1 for n in ("clip_text_image", "clip_image_image"))
+    path = trainer.save_model()
+    reloaded = BrainPrefixGPT2.from_pretrained(path)
+    torch.testing.assert_close(_params(reloaded), _params(trainer.accelerator.unwrap_model(trainer.model)))
+    assert json.load(open(os.path.join(path, "reinforce_config.json")))["rewards"][0] == "object_accuracy"
