@@ -215,7 +215,6 @@ def save_tiny_llava(path: str, **kwargs) -> str:
     return path
 
 
-
 # --- diffusion backbones (reconstruction, issues 7-8) -------------------------------------------------------
 
 TINY_CROSS_ATTENTION_DIM = 32
