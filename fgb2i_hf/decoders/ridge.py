@@ -31,6 +31,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -286,9 +287,16 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
         N, T = Y.shape
         mean = torch.empty(T, dtype=torch.float64, device=device)
         var = torch.empty(T, dtype=torch.float64, device=device)
-        Yc = torch.empty(N, T, dtype=torch.float32) if self.config.center_targets else torch.as_tensor(Y)
+        if self.config.center_targets:
+            Yc = torch.empty(N, T, dtype=torch.float32)
+        else:  # regress Y itself; a read-only memmap is shared, never written
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                Yc = torch.as_tensor(Y)
         for cols in _column_blocks(T, max(1, block_bytes // (4 * N))):
-            Yb = torch.as_tensor(Y[:, cols]).to(device=device, dtype=torch.float64)
+            block = Y[:, cols]
+            Yb = (block if isinstance(block, torch.Tensor) else torch.from_numpy(np.array(block))).to(
+                device=device, dtype=torch.float64)
             bad_rows = torch.nonzero(~torch.isfinite(Yb).all(1)).flatten()
             if bad_rows.numel():
                 raise ValueError(f"targets contain NaN or inf values (first bad rows: {bad_rows[:5].tolist()})")

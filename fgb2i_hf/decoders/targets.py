@@ -111,30 +111,30 @@ class TargetExtractor:
         return {"base": self.base, "model": self.name_or_path, "dtype": str(self.dtype).replace("torch.", "")}
 
     def target_shape(self, name: str) -> tuple[int, ...]:
-        self._check_name(name)
+        self._check_request(name, needs_inputs=False)
         if name in self.image_targets:
             probe = np.zeros((1, 8, 8, 3), np.uint8)
             return tuple(self.encode_images(name, probe, [0]).shape[1:])
         return tuple(self.encode_captions(name, [["a photo"]]).shape[1:])
 
-    def _check_name(self, name):
+    def _check_request(self, name, images=None, captions=None, needs_inputs=True):
         if name not in self.target_names:
             raise ValueError(f"{type(self).__name__} extracts {list(self.target_names)}, not {name!r}")
+        if needs_inputs and name in self.image_targets and images is None:
+            raise ValueError(f"target {name!r} is computed from images: pass images= (and ids= for NSDStimuli)")
+        if needs_inputs and name in self.text_targets and captions is None:
+            raise ValueError(f"target {name!r} is computed from captions: pass captions= (a list per image)")
 
     @torch.no_grad()
     def iter_batches(self, name: str, *, images=None, ids=None, captions=None, batch_size: int = 16):
         """Yield ``(start, float32 array (b, *target_shape))`` batch by batch, in input order."""
-        self._check_name(name)
+        self._check_request(name, images, captions)
         if name in self.image_targets:
-            if images is None:
-                raise ValueError(f"target {name!r} is computed from images: pass images= (and ids= for NSDStimuli)")
             start = 0
             for batch, keys in _image_batches(images, ids, batch_size):
                 yield start, self.encode_images(name, batch, keys).float().cpu().numpy()
                 start += len(batch)
         else:
-            if captions is None:
-                raise ValueError(f"target {name!r} is computed from captions: pass captions= (a list per image)")
             keys = list(ids) if ids is not None else list(range(len(captions)))
             for start in range(0, len(captions), batch_size):
                 stop = min(start + batch_size, len(captions))
@@ -146,6 +146,7 @@ class TargetExtractor:
         """All targets ``name`` in memory: ``(N, *target_shape)`` float32."""
         from tqdm.auto import tqdm
 
+        self._check_request(name, images, captions)
         n = len(ids) if ids is not None else len(images if name in self.image_targets else captions)
         out = None
         with tqdm(total=n, desc=f"{self.base} {name}", disable=not progress) as bar:
