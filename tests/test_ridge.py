@@ -64,12 +64,13 @@ def test_cross_validation_picks_larger_alpha_for_noisier_targets():
     assert r2[:10].mean() > 0.8 > r2[30:].mean()
 
 
-def test_per_target_alphas_match_himalaya_ridgecv_and_shared_alpha_is_one_value():
+@pytest.mark.parametrize("n, v", [(200, 320), (320, 120)])  # kernel path (N <= V) and primal path (N > V)
+def test_per_target_alphas_match_himalaya_ridgecv_and_shared_alpha_is_one_value(n, v):
     """The exact call Takagi's code makes — StandardScaler then himalaya RidgeCV — gives the same alphas."""
     from himalaya.backend import set_backend
     from himalaya.ridge import RidgeCV
 
-    x, y, _ = planted(noise=np.repeat([0.3, 3.0, 30.0], [14, 13, 13]))
+    x, y, _ = planted(n=n, v=v, noise=np.repeat([0.3, 3.0, 30.0], [14, 13, 13]))
     per_target = fit(x, y, alpha_per_target=True)
     shared = fit(x, y, alpha_per_target=False)
     xs = (x - x.mean(0)) / x.std(0)

@@ -7,15 +7,15 @@ the field does it:
 * betas are standardised with the training mean and standard deviation (Takagi's ``StandardScaler``,
   Brain-Diffuser's z-scoring); targets are optionally centred (the intercept);
 * the ridge penalty is chosen by K-fold cross-validation over a grid, per target column or shared
-  (``alpha_per_target``), with himalaya's kernel-ridge solver
-  (``himalaya.kernel_ridge.solve_multiple_kernel_ridge_random_search`` with one linear kernel: the same
-  folds, loss and selection rule as the ``himalaya.ridge.RidgeCV`` Takagi's code calls, and the form himalaya
-  itself recommends when there are fewer samples than voxels); the torch backend, on the GPU when there is one;
-* the refit on all training rows diagonalises the linear kernel once in float64,
-  ``K = Xs Xsᵀ = Q Λ Qᵀ``, so every target column gets its own alpha at the cost of one product:
-  ``W = B C`` with ``B = Xsᵀ Q Λ^-1/2`` (V × k, orthonormal columns) and
-  ``C[j, t] = √λ_j / (λ_j + α_t) · (Qᵀ Y)[j, t]``. When ``k (V + T) < V T`` (NSD: 8,859 images < 15,724 voxels)
-  the decoder stores ``B`` and ``C`` instead of ``W``, which is smaller and faster to apply.
+  (``alpha_per_target``), with himalaya's solvers — the same folds, loss and selection rule as the
+  ``himalaya.ridge.RidgeCV`` Takagi's code calls: on the linear kernel (``himalaya.kernel_ridge``, the form
+  himalaya recommends when there are fewer rows than voxels, e.g. NSD's 8,859 averaged images) or on the
+  betas (``himalaya.ridge``, e.g. ~25,000 single trials); torch backend, on the GPU when there is one;
+* the refit on all rows diagonalises one float64 Gram matrix, so every target column gets its own alpha at
+  the cost of one product. With fewer rows than voxels, ``K = Xs Xsᵀ = Q Λ Qᵀ`` and ``W = B C`` with
+  ``B = Xsᵀ Q Λ^-1/2`` (V × k, orthonormal columns), ``C[j, t] = √λ_j / (λ_j + α_t) · (Qᵀ Y)[j, t]``; when
+  ``k (V + T) < V T`` the decoder stores ``B`` and ``C`` instead of ``W`` (smaller, and faster to apply).
+  Otherwise ``Xsᵀ Xs = P Λ Pᵀ`` and ``W[:, t] = P (Λ + α_t)^-1 Pᵀ Xsᵀ Y[:, t]``.
 
 It is a diffusers ``ModelMixin`` + ``ConfigMixin`` so that a ``DiffusionPipeline`` can hold it as a component:
 ``pipe.save_pretrained`` calls ``RidgeDecoder.save_pretrained`` (``config.json`` + ``model.safetensors``) and
@@ -230,7 +230,7 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
             raise ValueError(f"a ridge fit needs at least 2 training rows, got {N}")
         _check_finite_rows(X, "betas")
 
-        stages = ["standardise", "kernel", "cross-validate", "refit"]
+        stages = ["standardise", "gram", "cross-validate", "refit"]
         bar = _progress(stages, progress, f"ridge {self._who()}: {N}x{V} -> {T}")
         with himalaya_backend(device) as backend:
             # 1. standardise betas with training statistics (float64 sums), centre targets
@@ -248,24 +248,24 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
             target_mean, target_var, Yc = self._target_statistics(Y, device, block_bytes)
             bar.update(1)
 
-            # 2. the linear kernel, in float64 (voxel blocks bound the float64 temporaries)
+            # 2. the Gram matrix in float64: the linear kernel Xs Xsᵀ (N x N) when there are fewer rows than
+            #    voxels (NSD's 8,859 averaged images), else the covariance Xsᵀ Xs (V x V; single trials)
             bar.set_postfix_str(stages[1])
-            K = torch.zeros(N, N, dtype=torch.float64, device=device)
-            for block in _column_blocks(V, max(1, block_bytes // (8 * N))):
-                Xb = Xs[:, block].double()
-                K.addmm_(Xb, Xb.T)
-            del Xb
+            dual = N <= V
+            gram = _gram(Xs, dual, block_bytes)
             bar.update(1)
 
             # 3. alpha by K-fold cross-validation (himalaya), or the single alpha given
             bar.set_postfix_str(stages[2])
-            alpha, cv_mse = self._cross_validate(backend, K, Yc, alphas, folds, device, block_bytes)
+            alpha, cv_mse = self._cross_validate(backend, gram if dual else Xs, dual, Yc, alphas, folds, device,
+                                                 block_bytes)
             bar.update(1)
 
             # 4. refit on all rows: one float64 eigendecomposition serves every alpha
             bar.set_postfix_str(stages[3])
-            basis, coef = self._refit(K, Xs, Yc, alpha, block_bytes)
-            del K, Yc
+            refit = _refit_dual if dual else _refit_primal
+            basis, coef = refit(gram, Xs, Yc, alpha, block_bytes)
+            del gram, Yc
             bar.update(1)
         bar.close()
 
@@ -305,51 +305,43 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
                 Yc[:, cols] = (Yb - mean[cols]).float().cpu()
         return mean, var, Yc
 
-    def _cross_validate(self, backend, K, Yc, alphas, folds, device, block_bytes):
-        """Per-target (or shared) alpha and its cross-validated mean squared error."""
+    def _cross_validate(self, backend, features, dual, Yc, alphas, folds, device, block_bytes):
+        """Per-target (or shared) alpha and its cross-validated mean squared error.
+
+        himalaya's random-search solvers with one kernel / one feature space of weight 1 are plain ridge CV
+        (the same KFold, l2 loss and argmax as ``himalaya.ridge.RidgeCV``); asked for no weights they skip
+        their refit, which ``_refit_dual`` / ``_refit_primal`` do once for all alphas.
+        """
         T = Yc.shape[1]
         if len(alphas) == 1:
             return torch.full((T,), alphas[0], dtype=torch.float64), torch.full((T,), float("nan"))
         from himalaya.kernel_ridge import solve_multiple_kernel_ridge_random_search
+        from himalaya.ridge import solve_group_ridge_random_search
 
-        n_test = math.ceil(K.shape[0] / folds)
-        # himalaya's largest temporary is the (alphas, n_test, targets) prediction block
-        n_targets_batch = max(1, block_bytes // (4 * len(alphas) * n_test))
+        n_rows = features.shape[0]
+        n_test, n_train = math.ceil(n_rows / folds), n_rows - n_rows // folds
+        # himalaya's temporaries: (alphas, n_test, n_train) [kernel] or (alphas, V, n_train) [primal] resolution
+        # matrices, and (alphas, n_test, targets) predictions
+        per_alpha = 4 * n_train * (n_test if dual else features.shape[1])
+        n_alphas_batch = int(min(len(alphas), max(1, block_bytes // per_alpha)))
+        n_targets_batch = max(1, block_bytes // (4 * n_alphas_batch * n_test))
         y_in_cpu = device.type == "cuda" and Yc.numel() * 4 > 0.5 * torch.cuda.mem_get_info(device)[0]
-        _, _, cv_scores, best = solve_multiple_kernel_ridge_random_search(
-            K.float()[None], Yc if y_in_cpu else Yc.to(device), n_iter=torch.ones(1, 1, device=device),
-            alphas=backend.asarray(np.asarray(alphas, dtype=np.float32)), cv=folds, fit_intercept=False,
-            return_weights=None, local_alpha=bool(self.config.alpha_per_target), n_targets_batch=n_targets_batch,
-            progress_bar=False, Y_in_cpu=y_in_cpu, return_alphas=True)
+        common = dict(n_iter=torch.ones(1, 1, device=device), cv=folds, fit_intercept=False,
+                      alphas=backend.asarray(np.asarray(alphas, dtype=np.float32)),
+                      local_alpha=bool(self.config.alpha_per_target), n_targets_batch=n_targets_batch,
+                      n_alphas_batch=n_alphas_batch, progress_bar=False, Y_in_cpu=y_in_cpu)
+        Y = Yc if y_in_cpu else Yc.to(device)
+        if dual:
+            _, _, cv_scores, best = solve_multiple_kernel_ridge_random_search(
+                features.float()[None], Y, return_weights=None, return_alphas=True, **common)
+        else:
+            deltas, _, cv_scores = solve_group_ridge_random_search(
+                [features], Y, return_weights=False, warn=False, **common)
+            best = torch.exp(-deltas[0])  # deltas = log(weight / alpha), weight 1
+        # himalaya works in float32: snap its alphas back onto the exact grid values
         grid = torch.tensor(alphas, dtype=torch.float64)
-        # himalaya returns float32 alphas; snap them back onto the exact grid values
         index = (grid.log()[None] - best.detach().cpu().double().log()[:, None]).abs().argmin(1)
         return grid[index], -torch.as_tensor(cv_scores).reshape(-1).cpu()
-
-    def _refit(self, K, Xs, Yc, alpha, block_bytes):
-        """Weights on all rows: ``(basis, coef)`` factorised, or ``(None, W)`` when V x T is the smaller form."""
-        N, V = Xs.shape
-        T = Yc.shape[1]
-        device = K.device
-        lam, Q = torch.linalg.eigh(K)
-        # The numerical rank of K: centring makes one direction exactly null, and float64 round-off gives it
-        # an eigenvalue of ~1e-16 * λ_max that 1/(λ + α) must not amplify when α is tiny.
-        keep = lam > lam.max() * N * torch.finfo(torch.float64).eps
-        lam, Q = lam[keep], Q[:, keep].float()
-        sqrt_lam = lam.sqrt()
-        basis = (Xs.T @ Q) / sqrt_lam.float()  # (V, k), orthonormal columns
-        k = lam.shape[0]
-        coef = torch.empty(k, T, dtype=torch.float32)
-        alpha = alpha.to(device)
-        for cols in _column_blocks(T, max(1, block_bytes // (4 * N))):
-            QtY = Q.T @ Yc[:, cols].to(device)
-            coef[:, cols] = (QtY.double() * (sqrt_lam[:, None] / (lam[:, None] + alpha[None, cols]))).float().cpu()
-        if k * (V + T) < V * T:
-            return basis, coef
-        weights = torch.empty(V, T, dtype=torch.float32)
-        for cols in _column_blocks(T, max(1, block_bytes // (4 * V))):
-            weights[:, cols] = (basis @ coef[:, cols].to(device)).cpu()
-        return None, weights
 
     def _summary(self, N, alphas, alpha, cv_r2, device, start_time) -> dict:
         import himalaya
@@ -484,6 +476,65 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
         if (dtype or torch_dtype) is not None:
             model.to(dtype or torch_dtype)
         return model.eval()
+
+
+def _gram(Xs: torch.Tensor, dual: bool, block_bytes: int) -> torch.Tensor:
+    """``Xs Xsᵀ`` (dual) or ``Xsᵀ Xs`` in float64, accumulated over blocks of voxels or of rows."""
+    N, V = Xs.shape
+    size = N if dual else V
+    gram = torch.zeros(size, size, dtype=torch.float64, device=Xs.device)
+    step = max(1, block_bytes // (8 * size))
+    for start in range(0, V if dual else N, step):
+        block = (Xs[:, start : start + step] if dual else Xs[start : start + step].T).double()
+        gram.addmm_(block, block.T)
+    return gram
+
+
+def _eigh_numerical_rank(gram: torch.Tensor):
+    """Eigenpairs of a float64 Gram matrix above its numerical rank threshold.
+
+    Centring makes one direction of the kernel exactly null, and round-off gives it an eigenvalue of
+    ~1e-16 λ_max that 1 / (λ + α) must not amplify when α is tiny (Takagi's grid starts at 1e-6).
+    """
+    lam, vectors = torch.linalg.eigh(gram)
+    keep = lam > lam.max() * gram.shape[0] * torch.finfo(torch.float64).eps
+    return lam[keep], vectors[:, keep]
+
+
+def _refit_dual(K, Xs, Yc, alpha, block_bytes):
+    """N <= V. With ``K = Q Λ Qᵀ``: ``W = B C``, ``B = Xsᵀ Q Λ^-1/2`` (V x k, orthonormal columns) and
+    ``C[j, t] = √λ_j / (λ_j + α_t) (Qᵀ Y)[j, t]``. Returns ``(B, C)``, or ``(None, W)`` when V x T is smaller."""
+    N, V = Xs.shape
+    T = Yc.shape[1]
+    device = K.device
+    lam, Q = _eigh_numerical_rank(K)
+    Q, sqrt_lam, alpha = Q.float(), lam.sqrt(), alpha.to(device)
+    basis = (Xs.T @ Q) / sqrt_lam.float()
+    k = lam.shape[0]
+    coef = torch.empty(k, T, dtype=torch.float32)
+    for cols in _column_blocks(T, max(1, block_bytes // (4 * N))):
+        QtY = (Q.T @ Yc[:, cols].to(device)).double()
+        coef[:, cols] = (QtY * (sqrt_lam[:, None] / (lam[:, None] + alpha[None, cols]))).float().cpu()
+    if k * (V + T) < V * T:
+        return basis, coef
+    weights = torch.empty(V, T, dtype=torch.float32)
+    for cols in _column_blocks(T, max(1, block_bytes // (4 * V))):
+        weights[:, cols] = (basis @ coef[:, cols].to(device)).cpu()
+    return None, weights
+
+
+def _refit_primal(C, Xs, Yc, alpha, block_bytes):
+    """N > V. With ``Xsᵀ Xs = P Λ Pᵀ``: ``W[:, t] = P diag(1 / (λ + α_t)) Pᵀ Xsᵀ Y[:, t]``. Returns ``(None, W)``."""
+    N, V = Xs.shape
+    T = Yc.shape[1]
+    device = C.device
+    lam, P = _eigh_numerical_rank(C)
+    P, alpha = P.float(), alpha.to(device)
+    weights = torch.empty(V, T, dtype=torch.float32)
+    for cols in _column_blocks(T, max(1, block_bytes // (4 * N))):
+        PtXtY = (P.T @ (Xs.T @ Yc[:, cols].to(device))).double()
+        weights[:, cols] = (P @ (PtXtY / (lam[:, None] + alpha[None, cols])).float()).cpu()
+    return None, weights
 
 
 def _local_folder(name_or_path: str, subfolder: str | None, revision: str | None) -> str:
