@@ -21,12 +21,12 @@ def images():
 
 @pytest.fixture(scope="module")
 def ldm():
-    return tiny_ldm_extractor(seed=0, device="cpu")
+    return tiny_ldm_extractor(model_seed=0, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def brain_diffuser():
-    return tiny_brain_diffuser_extractor(seed=0, device="cpu")
+    return tiny_brain_diffuser_extractor(model_seed=0, device="cpu")
 
 
 class Stimuli:

@@ -359,7 +359,7 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
             "n_train": int(N), "alpha_counts": counts, "fraction_alpha_at_grid_edge": edge,
             "cv_r2_mean": None if np.all(np.isnan(r2)) else float(np.nanmean(r2)),
             "seconds": round(time.perf_counter() - start_time, 2), "device": str(device),
-            "versions": {"fgb2i_hf": __version__, "himalaya": himalaya.__version__, "torch": torch.__version__},
+            "versions": {"fgb2i_hf": __version__, "himalaya": himalaya.__version__, "torch": str(torch.__version__)},
         }
 
     def _who(self) -> str:

@@ -36,14 +36,14 @@ def _text_config(width: int):
                           num_attention_heads=4, max_position_embeddings=77, projection_dim=width)
 
 
-def tiny_ldm_extractor(seed: int = 0, width: int = 32, image_size: int = 32, **kwargs) -> LDMTargetExtractor:
+def tiny_ldm_extractor(model_seed: int = 0, width: int = 32, image_size: int = 32, **kwargs) -> LDMTargetExtractor:
     """SD-shaped components: a VAE with 4 latent channels and one downsampling (z: 4 x s/2 x s/2), and a
     ``width``-wide CLIP text encoder (c: 77 x width)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
+        torch.manual_seed(model_seed)
         vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                             up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64),
                             latent_channels=4, layers_per_block=1, sample_size=image_size)
@@ -52,7 +52,7 @@ def tiny_ldm_extractor(seed: int = 0, width: int = 32, image_size: int = 32, **k
                               **kwargs)
 
 
-def tiny_brain_diffuser_extractor(seed: int = 0, width: int = 32, image_size: int = 32,
+def tiny_brain_diffuser_extractor(model_seed: int = 0, width: int = 32, image_size: int = 32,
                                   **kwargs) -> BrainDiffuserTargetExtractor:
     """VD-shaped components: CLIP text with projection (77 x width) and CLIP vision with projection at
     ``image_size`` px, patch 4 (clip_vision: (image_size/4)^2 + 1 tokens x width)."""
@@ -60,7 +60,7 @@ def tiny_brain_diffuser_extractor(seed: int = 0, width: int = 32, image_size: in
                               CLIPVisionModelWithProjection)
 
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
+        torch.manual_seed(model_seed)
         text_encoder = CLIPTextModelWithProjection(_text_config(width))
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
             hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
