@@ -1,0 +1,236 @@
+"""Fit a base method's ridge decoders on NSD rows: targets per image, one ``RidgeDecoder`` per subject and target.
+
+``FitDecodersConfig`` is the dataclass ``recipes/fit_decoders.py`` parses (YAML + CLI with trl's ``TrlParser``);
+``fit_decoders(config)`` does the work:
+
+1. the NSD rows (``fgb2i_hf.data.load_nsd``; betas already z-scored by the builder) and stimuli
+   (``fgb2i_hf.data.NSDStimuli``), or a ``DatasetDict`` + image store passed in;
+2. the targets of every distinct image of the chosen subjects (train and test), extracted once with the
+   base's models and cached under ``<output_dir>/targets/`` (resumable, see ``extract_targets``);
+3. per subject and target: ``RidgeDecoder.fit`` on the train rows, scores on the test rows, ``save_pretrained``
+   to ``<output_dir>/<subject>/<target>/``; scores to ``<output_dir>/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .ridge import TAKAGI_ALPHAS, RidgeDecoder
+from .targets import TARGET_EXTRACTORS, extract_targets
+from .tiny import TINY_EXTRACTORS, TINY_RANDOM
+
+DEFAULT_MODELS = {"ldm": "CompVis/stable-diffusion-v1-4", "brain_diffuser": "shi-labs/versatile-diffusion"}
+BASE_TARGETS = {"ldm": ("z", "c"), "brain_diffuser": ("clip_text", "clip_vision")}
+# Brain-Diffuser trains on image-averaged betas, Takagi & Nishimoto on single trials (ridge.py: *_betas_tr.npy)
+AVERAGE_TRAIN = {"ldm": False, "brain_diffuser": True}
+
+
+@dataclass
+class FitDecodersConfig:
+    """What ``recipes/fit_decoders.py`` reads from ``--config`` YAML and the command line."""
+
+    nsd_root: str = field(metadata={"help": "NSD root, real or SimNSD (raw layout)."})
+    output_dir: str = field(metadata={"help": "Where decoders, cached targets, metrics and this config go."})
+    base: str = field(default="ldm", metadata={"help": "Base method.", "choices": ["ldm", "brain_diffuser"]})
+    subjects: list[str] = field(default_factory=lambda: ["subj01"], metadata={"help": "Subjects, e.g. subj01."})
+    targets: list[str] | None = field(default=None, metadata={
+        "help": "Targets to fit (default: all of the base: ldm z c; brain_diffuser clip_text clip_vision)."})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Models the targets come from: a Hub id or folder in the diffusers layout (default "
+                "CompVis/stable-diffusion-v1-4 for ldm, shi-labs/versatile-diffusion for brain_diffuser), "
+                "simnsd/<name>, or 'tiny-random' (random tiny models, mechanics only; saved to <output_dir>/"
+                "target_models so a pipeline can load the same ones)."})
+    revision: str | None = field(default=None, metadata={"help": "Model revision on the Hub."})
+    image_size: int | None = field(default=None, metadata={
+        "help": "Image size for the targets (default 320 for ldm as Takagi, 512 for brain_diffuser)."})
+    latent_sampling: str = field(default="sample", metadata={
+        "help": "ldm z: sample the VAE posterior (Takagi) or take its mean.", "choices": ["sample", "mean"]})
+    seed: int = field(default=42, metadata={"help": "Seed of the z posterior samples (per image) and tiny models."})
+    caption_column: str = field(default="captions", metadata={"help": "Captions the text targets average over."})
+    extraction_batch_size: int = field(default=16, metadata={"help": "Images (or caption lists) per batch."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Dtype of the target models (float16 on GPU; float32 on CPU).", "choices": ["float32", "float16"]})
+    device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+    z_alphas: list[float] = field(default_factory=lambda: list(TAKAGI_ALPHAS), metadata={
+        "help": "Ridge grid for z (default: Takagi's two grids, 1e-6..1 and 1e4..4e4)."})
+    c_alphas: list[float] = field(default_factory=lambda: list(TAKAGI_ALPHAS), metadata={"help": "Grid for c."})
+    clip_text_alphas: list[float] = field(default_factory=lambda: [1.0e5], metadata={
+        "help": "Grid for clip_text (Brain-Diffuser: one alpha, 1e5)."})
+    clip_vision_alphas: list[float] = field(default_factory=lambda: [6.0e4], metadata={
+        "help": "Grid for clip_vision (Brain-Diffuser: one alpha, 6e4)."})
+    cv: int = field(default=5, metadata={"help": "K-fold splits for choosing alpha."})
+    alpha_per_target: bool = field(default=True, metadata={"help": "One alpha per target column (else shared)."})
+    center_targets: bool = field(default=True, metadata={"help": "Fit an intercept (Takagi's call did not)."})
+    sessions: int | None = field(default=None, metadata={"help": "Use the first N sessions (37: 982 test images)."})
+    average_train: bool | None = field(default=None, metadata={
+        "help": "Average train repetitions (default: no for ldm as Takagi, yes for brain_diffuser)."})
+    max_train_rows: int | None = field(default=None, metadata={"help": "Fit on the first N train rows (quick runs)."})
+
+    def alphas_for(self, target: str) -> list[float]:
+        return list(getattr(self, f"{target}_alphas"))
+
+
+def load_extractor(config: FitDecodersConfig):
+    """The base's target extractor, with the configured models (or tiny random ones)."""
+    dtype = getattr(torch, config.dtype)
+    kwargs = {"device": config.device, "dtype": dtype}
+    if config.image_size is not None:
+        kwargs["image_size"] = config.image_size
+    if config.base == "ldm":
+        kwargs.update(latent_sampling=config.latent_sampling, seed=config.seed)
+    name = config.model_name_or_path or DEFAULT_MODELS[config.base]
+    if name == TINY_RANDOM:
+        return TINY_EXTRACTORS[config.base](model_seed=config.seed, **kwargs)
+    return TARGET_EXTRACTORS[config.base].from_pretrained(name, revision=config.revision, **kwargs)
+
+
+def betas_matrix(dataset, block_rows: int = 1024) -> np.ndarray:
+    """The ``betas`` column of one subject's rows as float32 ``(N, V)``, read in blocks."""
+    rows = dataset.with_format("numpy", columns=["betas"])
+    out = None
+    for start in range(0, len(dataset), block_rows):
+        block = rows[start : start + block_rows]["betas"]
+        block = np.stack(block) if block.dtype == object else block
+        if out is None:
+            out = np.empty((len(dataset), block.shape[1]), np.float32)
+        if block.shape[1] != out.shape[1]:
+            raise ValueError(f"rows {start}..{start + len(block)} have {block.shape[1]} voxels, earlier rows "
+                             f"{out.shape[1]}: one subject's betas must all have the same length")
+        out[start : start + len(block)] = block
+    return out
+
+
+def score_predictions(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Held-out scores: mean Pearson r per target column (Takagi's ``correlation_score``), mean R² per column,
+    and mean r per image between the predicted and true target (pattern correlation)."""
+    pred, true = pred.reshape(len(pred), -1).astype(np.float64), true.reshape(len(true), -1).astype(np.float64)
+
+    def corr(a, b, axis):
+        a = a - a.mean(axis, keepdims=True)
+        b = b - b.mean(axis, keepdims=True)
+        denom = np.sqrt((a * a).sum(axis) * (b * b).sum(axis))
+        return np.where(denom > 0, (a * b).sum(axis) / np.where(denom > 0, denom, 1), np.nan)
+
+    ss_res = ((true - pred) ** 2).sum(0)
+    ss_tot = ((true - true.mean(0)) ** 2).sum(0)
+    r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), np.nan)
+    return {"column_r": float(np.nanmean(corr(pred, true, 0))), "column_r2": float(np.nanmean(r2)),
+            "image_r": float(np.nanmean(corr(pred, true, 1))), "n_test": int(len(pred))}
+
+
+def _load_dataset(config: FitDecodersConfig):
+    from fgb2i_hf.data import load_nsd
+
+    average = AVERAGE_TRAIN[config.base] if config.average_train is None else config.average_train
+    options = {"average_train": average}
+    if config.sessions is not None:
+        options["sessions"] = config.sessions
+    return load_nsd(config.nsd_root, subjects=config.subjects, **options)
+
+
+def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress: bool = True) -> dict:
+    """Extract targets, fit, score and save every (subject, target) decoder. Returns the metrics.
+
+    ``dataset`` (a ``DatasetDict`` with NSD rows) and ``stimuli`` (``get(ids) -> uint8 images``) default to
+    ``load_nsd(config.nsd_root, ...)`` and ``NSDStimuli(config.nsd_root)``.
+    """
+    if config.base not in BASE_TARGETS:
+        raise ValueError(f"base must be one of {sorted(BASE_TARGETS)}, got {config.base!r}")
+    targets = list(config.targets or BASE_TARGETS[config.base])
+    unknown = set(targets) - set(BASE_TARGETS[config.base])
+    if unknown:
+        raise ValueError(f"the {config.base} base has targets {list(BASE_TARGETS[config.base])}, not {sorted(unknown)}")
+    if dataset is None:
+        dataset = _load_dataset(config)
+    if stimuli is None:
+        from fgb2i_hf.data import NSDStimuli
+
+        stimuli = NSDStimuli(config.nsd_root)
+    os.makedirs(config.output_dir, exist_ok=True)
+    _save_config(config)
+
+    rows = {split: _subject_rows(dataset[split], config.subjects, split) for split in ("train", "test")}
+    if config.max_train_rows is not None:
+        rows["train"] = {s: r.select(range(min(len(r), config.max_train_rows))) for s, r in rows["train"].items()}
+    image_ids, captions = _images_and_captions(rows, config.caption_column)
+
+    extractor = load_extractor(config)
+    if extractor.name_or_path == TINY_RANDOM:
+        extractor.save_pretrained(os.path.join(config.output_dir, "target_models"))
+    cache = {name: extract_targets(extractor, name, os.path.join(config.output_dir, "targets", f"{name}.npy"),
+                                   ids=image_ids, images=stimuli, batch_size=config.extraction_batch_size,
+                                   captions=[captions[i] for i in image_ids] if name in extractor.text_targets
+                                   else None, progress=progress)
+             for name in targets}
+    del extractor
+
+    metrics = {}
+    for subject in config.subjects:
+        betas = {split: betas_matrix(rows[split][subject]) for split in ("train", "test")}
+        index = {split: np.searchsorted(image_ids, np.asarray(rows[split][subject]["nsd_id"])) for split in betas}
+        for name in targets:
+            decoder = RidgeDecoder(num_voxels=betas["train"].shape[1], target_shape=cache[name].shape[1:],
+                                   alphas=config.alphas_for(name), cv=config.cv,
+                                   alpha_per_target=config.alpha_per_target, center_targets=config.center_targets,
+                                   subject=subject, target_name=name)
+            decoder.fit(betas["train"], cache[name][index["train"]], device=config.device, progress=progress)
+            truth = cache[name][index["test"]]
+            scores = {"fit": decoder.config.fit_summary,
+                      "test": score_predictions(decoder.predict(betas["test"]).cpu().numpy(), truth)}
+            if len(truth) > 1:
+                scores["test_rescaled"] = score_predictions(
+                    decoder.predict(betas["test"], rescale=True).cpu().numpy(), truth)
+            decoder.save_pretrained(os.path.join(config.output_dir, subject, name))
+            metrics.setdefault(subject, {})[name] = scores
+            del decoder
+    _write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
+    return metrics
+
+
+def _subject_rows(split_rows, subjects, split):
+    subject_column = np.asarray(split_rows["subject"])
+    out = {}
+    for subject in subjects:
+        indices = np.flatnonzero(subject_column == subject)
+        if len(indices) == 0:
+            raise ValueError(f"no {split} rows for {subject} (subjects present: {sorted(set(subject_column))})")
+        out[subject] = split_rows.select(indices)
+    return out
+
+
+def _images_and_captions(rows, caption_column):
+    """Sorted distinct nsd_ids of all chosen rows, and each image's captions."""
+    captions = {}
+    for by_subject in rows.values():
+        for subject_rows in by_subject.values():
+            if caption_column not in subject_rows.column_names:
+                raise ValueError(f"the rows have no {caption_column!r} column (columns: {subject_rows.column_names})")
+            for nsd_id, caps in zip(subject_rows["nsd_id"], subject_rows[caption_column]):
+                captions.setdefault(int(nsd_id), list(caps))
+    return np.array(sorted(captions), dtype=np.int64), captions
+
+
+def _save_config(config: FitDecodersConfig):
+    import yaml
+
+    from .. import __version__
+
+    record = dataclasses.asdict(config) | {"_versions": {"fgb2i_hf": __version__, "torch": str(torch.__version__)}}
+    _write_text(os.path.join(config.output_dir, "fit_decoders.yaml"), yaml.safe_dump(record, sort_keys=False))
+
+
+def _write_json(path, value):
+    _write_text(path, json.dumps(value, indent=1))
+
+
+def _write_text(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
