@@ -263,9 +263,15 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
 
             # 4. refit on all rows: one float64 eigendecomposition serves every alpha
             bar.set_postfix_str(stages[3])
+            lam, vectors = _eigh_numerical_rank(gram)
+            del gram
+            # a centred copy of the targets is ours: its storage takes the coefficients, block by block
+            out = Yc if self.config.center_targets else None
             refit = _refit_dual if dual else _refit_primal
-            basis, coef = refit(gram, Xs, Yc, alpha, block_bytes)
-            del gram, Yc
+            basis, coef = refit(lam, vectors, Xs, Yc, alpha, block_bytes, out=out)
+            del Yc, out, vectors
+            if coef.untyped_storage().nbytes() > 1.05 * coef.numel() * coef.element_size():
+                coef = coef.clone()  # W in the first V of N >> V rows: keep only those
             bar.update(1)
         bar.close()
 
@@ -501,38 +507,37 @@ def _eigh_numerical_rank(gram: torch.Tensor):
     return lam[keep], vectors[:, keep]
 
 
-def _refit_dual(K, Xs, Yc, alpha, block_bytes):
-    """N <= V. With ``K = Q Λ Qᵀ``: ``W = B C``, ``B = Xsᵀ Q Λ^-1/2`` (V x k, orthonormal columns) and
-    ``C[j, t] = √λ_j / (λ_j + α_t) (Qᵀ Y)[j, t]``. Returns ``(B, C)``, or ``(None, W)`` when V x T is smaller."""
+def _refit_dual(lam, Q, Xs, Yc, alpha, block_bytes, out=None):
+    """N <= V, ``Xs Xsᵀ = Q Λ Qᵀ``: ``W = B C``, ``B = Xsᵀ Q Λ^-1/2`` (V x k, orthonormal columns) and
+    ``C[j, t] = √λ_j / (λ_j + α_t) (Qᵀ Y)[j, t]``. Returns ``(B, C)``, or ``(None, W)`` when V x T is smaller.
+
+    ``out`` (N x T, may be ``Yc`` itself: each block of columns is read before it is written) holds C."""
     N, V = Xs.shape
     T = Yc.shape[1]
-    device = K.device
-    lam, Q = _eigh_numerical_rank(K)
-    Q, sqrt_lam, alpha = Q.float(), lam.sqrt(), alpha.to(device)
-    basis = (Xs.T @ Q) / sqrt_lam.float()
     k = lam.shape[0]
-    coef = torch.empty(k, T, dtype=torch.float32)
+    Q, sqrt_lam, alpha = Q.float(), lam.sqrt(), alpha.to(lam.device)
+    basis = (Xs.T @ Q) / sqrt_lam.float()
+    coef = out[:k] if out is not None else torch.empty(k, T, dtype=torch.float32)
     for cols in _column_blocks(T, max(1, block_bytes // (4 * N))):
-        QtY = (Q.T @ Yc[:, cols].to(device)).double()
+        QtY = (Q.T @ Yc[:, cols].to(Q.device)).double()
         coef[:, cols] = (QtY * (sqrt_lam[:, None] / (lam[:, None] + alpha[None, cols]))).float().cpu()
     if k * (V + T) < V * T:
         return basis, coef
     weights = torch.empty(V, T, dtype=torch.float32)
     for cols in _column_blocks(T, max(1, block_bytes // (4 * V))):
-        weights[:, cols] = (basis @ coef[:, cols].to(device)).cpu()
+        weights[:, cols] = (basis @ coef[:, cols].to(basis.device)).cpu()
     return None, weights
 
 
-def _refit_primal(C, Xs, Yc, alpha, block_bytes):
-    """N > V. With ``Xsᵀ Xs = P Λ Pᵀ``: ``W[:, t] = P diag(1 / (λ + α_t)) Pᵀ Xsᵀ Y[:, t]``. Returns ``(None, W)``."""
+def _refit_primal(lam, P, Xs, Yc, alpha, block_bytes, out=None):
+    """N > V, ``Xsᵀ Xs = P Λ Pᵀ``: ``W[:, t] = P diag(1 / (λ + α_t)) Pᵀ Xsᵀ Y[:, t]``. Returns ``(None, W)``;
+    ``out`` (N x T, may be ``Yc``) holds W in its first V rows."""
     N, V = Xs.shape
     T = Yc.shape[1]
-    device = C.device
-    lam, P = _eigh_numerical_rank(C)
-    P, alpha = P.float(), alpha.to(device)
-    weights = torch.empty(V, T, dtype=torch.float32)
+    P, alpha = P.float(), alpha.to(lam.device)
+    weights = out[:V] if out is not None else torch.empty(V, T, dtype=torch.float32)
     for cols in _column_blocks(T, max(1, block_bytes // (4 * N))):
-        PtXtY = (P.T @ (Xs.T @ Yc[:, cols].to(device))).double()
+        PtXtY = (P.T @ (Xs.T @ Yc[:, cols].to(P.device))).double()
         weights[:, cols] = (P @ (PtXtY / (lam[:, None] + alpha[None, cols])).float()).cpu()
     return None, weights
 
