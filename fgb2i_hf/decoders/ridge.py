@@ -40,7 +40,7 @@ from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (ModelMixin must be
 from diffusers.configuration_utils import register_to_config
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
+from tqdm.auto import tqdm
 
 from ..world import resolve_pretrained
 
@@ -231,7 +231,7 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
         _check_finite_rows(X, "betas")
 
         stages = ["standardise", "gram", "cross-validate", "refit"]
-        bar = _progress(stages, progress, f"ridge {self._who()}: {N}x{V} -> {T}")
+        bar = tqdm(total=len(stages), desc=f"ridge {self._who()}: {N}x{V} -> {T}", disable=not progress, leave=False)
         with himalaya_backend(device) as backend:
             # 1. standardise betas with training statistics (float64 sums), centre targets
             bar.set_postfix_str(stages[0])
@@ -555,8 +555,3 @@ def _local_folder(name_or_path: str, subfolder: str | None, revision: str | None
                       f"({type(error).__name__}: {error})") from error
     return os.path.join(root, subfolder) if subfolder else root
 
-
-def _progress(stages, enabled, description):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=len(stages), desc=description, disable=not enabled, leave=False)
