@@ -326,11 +326,13 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
 
         n_rows = features.shape[0]
         n_test, n_train = math.ceil(n_rows / folds), n_rows - n_rows // folds
-        # himalaya's temporaries: (alphas, n_test, n_train) [kernel] or (alphas, V, n_train) [primal] resolution
-        # matrices, and (alphas, n_test, targets) predictions
-        per_alpha = 4 * n_train * (n_test if dual else features.shape[1])
+        # himalaya's temporaries per alpha of a batch: the eigenvector weighting (n_train x n_train [kernel],
+        # V x n_train [primal]) and the resolution matrices (n_test [+ V, primal] x n_train); per target column
+        # of a batch: the predictions and squared errors (3 x alphas x n_test) and the train/test copies (N)
+        k = n_train if dual else min(n_train, features.shape[1])
+        per_alpha = 4 * n_train * (k + n_test + (0 if dual else features.shape[1]))
         n_alphas_batch = int(min(len(alphas), max(1, block_bytes // per_alpha)))
-        n_targets_batch = max(1, block_bytes // (4 * n_alphas_batch * n_test))
+        n_targets_batch = max(1, block_bytes // (4 * (3 * n_alphas_batch * n_test + n_rows)))
         y_in_cpu = device.type == "cuda" and Yc.numel() * 4 > 0.5 * torch.cuda.mem_get_info(device)[0]
         common = dict(n_iter=torch.ones(1, 1, device=device), cv=folds, fit_intercept=False,
                       alphas=backend.asarray(np.asarray(alphas, dtype=np.float32)),
