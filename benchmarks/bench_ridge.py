@@ -45,9 +45,12 @@ def make_data(n, n_test, voxels, targets, seed=0, latent=64):
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n + n_test, latent), dtype=np.float32)
     x = z @ rng.standard_normal((latent, voxels), dtype=np.float32)
-    x += 4.0 * rng.standard_normal(x.shape, dtype=np.float32)
     y = z @ (rng.standard_normal((latent, targets), dtype=np.float32) / np.sqrt(latent))
-    y += rng.uniform(0.3, 3.0, targets).astype(np.float32) * rng.standard_normal(y.shape, dtype=np.float32)
+    noise_level = rng.uniform(0.3, 3.0, targets).astype(np.float32)
+    for start in range(0, n + n_test, 512):  # noise in row blocks: no full-size temporaries
+        rows = slice(start, start + 512)
+        x[rows] += 4.0 * rng.standard_normal(x[rows].shape, dtype=np.float32)
+        y[rows] += noise_level * rng.standard_normal(y[rows].shape, dtype=np.float32)
     return x[:n], y[:n], x[n:], y[n:]
 
 
