@@ -34,7 +34,7 @@ class EvaluateCaptionsArguments:
     fine_captions: str | None = field(default=None, metadata={"help": "Fine-captions JSONL (default: the builder's)."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
     split: str = field(default="test", metadata={"help": "Split to decode."})
-    max_rows: int | None = field(default=None, metadata={"help": "Decode only the first N rows of the split."})
+    max_rows: int | None = field(default=None, metadata={"help": "Decode only the first N rows of each subject."})
     references: str = field(default="fine_captions", metadata={"help": f"References, one of {CAPTION_COLUMNS}."})
     metrics: list[str] = field(default_factory=lambda: list(ALL_CAPTION_METRICS), metadata={
         "help": "Caption metrics (METEOR runs pycocoevalcap's jar; 'none' for object P/R/F1 only)."})
@@ -113,6 +113,7 @@ def evaluate_captions(args: EvaluateCaptionsArguments, data=None, model=None, to
 
     from .data import NSDStimuli, load_nsd
     from .models import BrainPrefixGPT2
+    from .training.build import first_rows_per_subject
 
     if model is None:
         if not args.model_name_or_path:
@@ -136,8 +137,7 @@ def evaluate_captions(args: EvaluateCaptionsArguments, data=None, model=None, to
     split = data[args.split]
     split = split.filter(lambda s: s in subjects, input_columns="subject") if set(split["subject"]) - set(subjects) \
         else split
-    if args.max_rows:
-        split = split.select(range(min(args.max_rows, len(split))))
+    split = first_rows_per_subject(split, args.max_rows)
     missing = sorted(set(subjects) - set(split["subject"]))
     if missing:
         raise ValueError(f"subject(s) {missing} have no rows in the {args.split!r} split")

@@ -325,8 +325,9 @@ def test_fine_captions_asked_for_but_absent(simnsd_root, nsd_cache_dir, tmp_path
 
 # -- the recipes as users run them ----------------------------------------------------------------------------------
 
-def run(args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+def run(args, timeout=600, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               **(env_extra or {}))
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -357,3 +358,22 @@ def test_recipes_train_then_evaluate(simnsd_root, nsd_cache_dir, tmp_path):
     assert "| shuffled-brain control |" in open(tmp_path / "eval" / "metrics.md").read()
     assert set(evaluation.rows) == {MODEL_ROW, CONTROL_ROW}
     assert len(json.load(open(tmp_path / "eval" / "predictions_subj07.json"))) == 12
+
+
+def test_two_cpu_processes_decode_sharded_and_agree_with_one(simnsd_root, nsd_cache_dir, tmp_path):
+    """DDP on two CPU processes (mixed subjects, find_unused_parameters): each process decodes half the eval rows;
+    the gathered metrics of the last evaluation equal the main process's own decoding of all rows afterwards."""
+    out = tmp_path / "ddp"
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "recipes/train_ce.py", "--config", os.path.join(CONFIGS, "sim_tiny.yaml"), "--nsd_root", simnsd_root,
+         "--cache_dir", nsd_cache_dir, "--output_dir", str(out), "--subjects", "subj01", "subj02",
+         "--max_train_rows", "64", "--eval_max_rows", "9", "--num_train_epochs", "2", "--max_caption_tokens", "16",
+         "--caption_eval_metrics", "BLEU-4", "--final_eval_metrics", "BLEU-4", "--save_strategy", "no",
+         "--disable_tqdm", "true"], env_extra={"ACCELERATE_USE_CPU": "true"})
+    result = json.load(open(out / "result.json"))
+    assert result["processes"] == 2 and result["global_step"] == 2 * 2  # 128 rows / (32 x 2 processes) per epoch
+    last = [h for h in result["log_history"] if "eval_loss" in h][-1]
+    brain = result["eval"]["rows"][MODEL_ROW]
+    assert last["eval_BLEU-4"] == pytest.approx(brain["BLEU-4"], abs=1e-12)
+    assert last["eval_object_F1"] == pytest.approx(brain["object F1"], abs=1e-12)
+    assert len(json.load(open(out / "eval_test_predictions_subj02.json"))) == 9

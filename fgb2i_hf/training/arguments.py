@@ -33,7 +33,7 @@ class CEScriptArguments:
     caption_column: str = field(default="fine_captions", metadata={
         "help": f"Training targets, one of {CAPTION_COLUMNS}: the fine captions (FgB2I) or COCO's (the paper's "
                 "comparison). A row with several captions gets a different one each epoch."})
-    max_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows of each subject."})
 
     # -- model -----------------------------------------------------------------------------------------------------
     language_model: str = field(default="gpt2", metadata={
@@ -60,7 +60,7 @@ class CEScriptArguments:
     # -- caption evaluation ----------------------------------------------------------------------------------------
     eval_split: str = field(default="test", metadata={
         "help": "Split decoded at each evaluation (eval_strategy) and after training ('' for none)."})
-    eval_max_rows: int | None = field(default=None, metadata={"help": "Decode only the first N rows of eval_split."})
+    eval_max_rows: int | None = field(default=None, metadata={"help": "Decode only the first N rows of each subject of eval_split."})
     eval_references: str | None = field(default=None, metadata={
         "help": "References of the caption metrics (default: caption_column)."})
     caption_eval_metrics: list[str] = field(default_factory=lambda: list(DEFAULT_EVAL_METRICS), metadata={

@@ -28,8 +28,18 @@ def load_ce_data(args: CEScriptArguments):
     return load_nsd(args.nsd_root, subjects=args.subjects, cache_dir=args.cache_dir, **options)
 
 
+def first_rows_per_subject(dataset, n: int | None):
+    """The first ``n`` rows of each subject, in dataset order (all rows when ``n`` is falsy)."""
+    if not n:
+        return dataset
+    column = np.asarray(dataset["subject"])
+    keep = np.concatenate([np.flatnonzero(column == s)[:n] for s in dict.fromkeys(column.tolist())])
+    return dataset.select(np.sort(keep))
+
+
 def prepare_ce_data(args: CEScriptArguments, data) -> tuple[Any, Any]:
-    """(train, eval) datasets from a ``DatasetDict``, cut to ``max_train_rows``/``eval_max_rows`` and checked:
+    """(train, eval) datasets from a ``DatasetDict``, cut to ``max_train_rows``/``eval_max_rows`` rows of each
+    subject, and checked:
 
     * every subject of ``args.subjects`` has training rows (and eval rows), and no other subject is present;
     * every training row has a target in ``caption_column`` (fine captions asked for but absent, or rows with empty
@@ -37,17 +47,13 @@ def prepare_ce_data(args: CEScriptArguments, data) -> tuple[Any, Any]:
     """
     if "train" not in data:
         raise ValueError(f"the data has no 'train' split (splits: {list(data)})")
-    train = data["train"]
-    if args.max_train_rows:
-        train = train.select(range(min(args.max_train_rows, len(train))))
+    train = first_rows_per_subject(data["train"], args.max_train_rows)
     evaluation = None
     if args.eval_split:
         if args.eval_split not in data:
             raise ValueError(f"eval_split={args.eval_split!r} is not a split of the data (splits: {list(data)}); "
                              "set eval_split='' to train without evaluation")
-        evaluation = data[args.eval_split]
-        if args.eval_max_rows:
-            evaluation = evaluation.select(range(min(args.eval_max_rows, len(evaluation))))
+        evaluation = first_rows_per_subject(data[args.eval_split], args.eval_max_rows)
     for name, split in (("train", train), (args.eval_split, evaluation)):
         if split is None:
             continue
