@@ -105,3 +105,31 @@ def test_clip_image_image_planted_renderer(scorer, stimuli):
     np.testing.assert_allclose(perfect(["caption of 3", "caption of 7"], nsd_id=[3, 7]), [1.0, 1.0], atol=1e-5)
     swapped = perfect(["caption of 7", "caption of 3"], nsd_id=[3, 7])
     assert max(swapped) < 0.9999
+
+
+def test_clip_image_image_renders_each_caption_once_and_keeps_the_values(scorer, stimuli):
+    rendered = []
+
+    def renderer(prompts):  # deterministic per caption, as TextToImageRenderer is
+        rendered.extend(prompts)
+        return np.stack([np.random.default_rng(len(p)).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                         for p in prompts])
+
+    cached = CLIPImageImageReward(renderer=renderer, clip=scorer, stimuli=stimuli, cache_size=2)
+    uncached = CLIPImageImageReward(renderer=renderer, clip=scorer, stimuli=stimuli, cache_size=0)
+    captions, ids = ["a dog", "a red car", "a dog", "a red car"], [3, 7, 7, 3]
+    first = cached(captions, nsd_id=ids)
+    assert rendered == ["a dog", "a red car"]  # distinct captions only
+    again = cached(captions[::-1], nsd_id=ids[::-1])
+    assert rendered == ["a dog", "a red car"]  # all cached
+    np.testing.assert_allclose(again[::-1], first, rtol=1e-6)
+    rendered.clear()
+    np.testing.assert_allclose(uncached(captions, nsd_id=ids), first, rtol=1e-5, atol=1e-6)
+    assert rendered == captions  # no cache: every completion rendered
+    rendered.clear()
+    cached(["a cat"], nsd_id=[3])  # evicts the least recently used ("a red car"; "a dog" was used last)
+    assert list(cached.rendered) == ["a dog", "a cat"]
+    cached(["a red car"], nsd_id=[3])
+    assert rendered == ["a cat", "a red car"]
+    with pytest.raises(ValueError, match="cache_size"):
+        CLIPImageImageReward(renderer=renderer, clip=scorer, cache_size=-1)

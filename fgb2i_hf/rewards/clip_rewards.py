@@ -11,6 +11,7 @@ by the ``nsd_id`` column. Image embeddings are computed once per ``nsd_id`` and 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -125,13 +126,20 @@ class CLIPImageImageReward:
             or a diffusers pipeline name/path for :class:`TextToImageRenderer`.
         render_kwargs: keyword arguments of :class:`TextToImageRenderer` (steps, guidance, size, seed).
         clip, pretrained, stimuli, device: as for :class:`CLIPTextImageReward`.
+        cache_size: CLIP embeddings of renderings kept per caption text (least recently used dropped first), so a
+            caption sampled again is not rendered again; this assumes the renderer is a deterministic function of
+            the caption, as :class:`TextToImageRenderer` is (one seed for every prompt). 0 turns the cache off.
     """
 
     __name__ = "clip_image_image"
 
     def __init__(self, renderer: str | Callable = "CompVis/stable-diffusion-v1-4", render_kwargs: dict | None = None,
                  clip: CLIPScorer | str = "ViT-L-14-quickgelu", pretrained: str | None = "openai", stimuli=None,
-                 device: str | None = None):
+                 device: str | None = None, cache_size: int = 16384):
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self.cache_size = cache_size
+        self.rendered: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.renderer = renderer if callable(renderer) else TextToImageRenderer(renderer, device=device,
                                                                                  **(render_kwargs or {}))
         self.scorer = _load_scorer(clip, pretrained, device)
@@ -141,6 +149,20 @@ class CLIPImageImageReward:
         if len(nsd_id) != len(completions):
             raise ValueError(f"'nsd_id' has {len(nsd_id)} rows for {len(completions)} completions")
         image_emb = self.stimulus_embeddings(nsd_id, images)
-        rendered = self.renderer(list(completions))
-        rendered_emb = self.scorer.encode_images(rendered)
+        rendered_emb = self.rendered_embeddings(list(completions))
         return (rendered_emb * image_emb).sum(-1).tolist()
+
+    def rendered_embeddings(self, captions: list[str]) -> torch.Tensor:
+        """CLIP image embeddings of the renderings of ``captions``; each distinct caption not in the cache is
+        rendered once."""
+        if not self.cache_size:
+            return self.scorer.encode_images(self.renderer(captions))
+        new = [c for c in dict.fromkeys(captions) if c not in self.rendered]
+        fresh = dict(zip(new, self.scorer.encode_images(self.renderer(new)))) if new else {}
+        out = torch.stack([fresh[c] if c in fresh else self.rendered[c] for c in captions])
+        for c in dict.fromkeys(captions):
+            self.rendered[c] = fresh.get(c, self.rendered.get(c))
+            self.rendered.move_to_end(c)
+        while len(self.rendered) > self.cache_size:
+            self.rendered.popitem(last=False)
+        return out
