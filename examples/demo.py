@@ -2,7 +2,9 @@
 
 Steps so far: simulate SimNSD in NSD's raw layout -> build the NSD datasets -> summarise them -> train the
 brain-to-text model with cross-entropy (stage 1, recipes/configs/sim_tiny.yaml) and compare its decoded test
-captions with the truth and with the shuffled-brain control.
+captions with the truth and with the shuffled-brain control -> stage 2: REINFORCE co-training with the object
+reward from the stage-1 model (recipes/train_rl.py with recipes/configs/sim_tiny_rl.yaml, a short run) and the
+CE vs CE+RL table.
 Later stages (reinforcement, reconstruction, evaluation) add their own step functions below.
 
     python examples/demo.py --output-dir demo_output
@@ -11,6 +13,8 @@ Later stages (reinforcement, reconstruction, evaluation) add their own step func
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import textwrap
@@ -24,6 +28,8 @@ from fgb2i_hf.data import NSDStimuli, load_nsd, load_simnsd_config, simulate_nsd
 SUBJECTS = ["subj01", "subj02", "subj05", "subj07"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIM_TINY = os.path.join(HERE, os.pardir, "recipes", "configs", "sim_tiny.yaml")
+SIM_TINY_RL = os.path.join(HERE, os.pardir, "recipes", "configs", "sim_tiny_rl.yaml")
+TRAIN_RL = os.path.join(HERE, os.pardir, "recipes", "train_rl.py")
 
 
 def step_simulate(output_dir: str, seed: int = 0, fresh: bool = False) -> str:
@@ -119,12 +125,84 @@ def print_ce_report(run_dir: str, examples: int = 8) -> None:
     print(open(os.path.join(run_dir, "eval_test.md"), encoding="utf-8").read())
 
 
+def _load_train_rl():
+    """recipes/train_rl.py as a module (recipes are scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    if "train_rl" in sys.modules:
+        return sys.modules["train_rl"]
+    spec = importlib.util.spec_from_file_location("train_rl", TRAIN_RL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_rl"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100, object_weight: float = 1.0,
+                  fresh: bool = False) -> str:
+    """Stage 2 with recipes/train_rl.py and sim_tiny_rl.yaml from the stage-1 model in ``ce_run_dir``: CE + the
+    object reward (REINFORCE, K samples per brain), ``steps`` optimiser steps (the yaml's one epoch is ~240 steps),
+    then greedy test captions scored; reused if <output_dir>/rl/final exists. Returns the run's folder.
+
+    ``object_weight``: the paper's α is 0.01; on SimNSD tiny it hardly moves the model in a short run
+    (benchmarks/bench_rl_ablation.py), so the demo uses 1.0 to make the reward's effect visible."""
+    from trl import TrlParser
+
+    from fgb2i_hf.rl import ReinforceConfig
+
+    out = os.path.join(output_dir, "rl")
+    if not fresh and os.path.isfile(os.path.join(out, "result.json")) and os.path.isdir(os.path.join(out, "final")):
+        print(f"\n[train RL] reusing {out} (--fresh to retrain)")
+        return out
+    if fresh and os.path.isdir(out):
+        import shutil
+
+        shutil.rmtree(out)  # log.jsonl appends; checkpoints of another run must not be resumed
+    train_rl = _load_train_rl()
+    argv = ["--config", SIM_TINY_RL, "--model_name_or_path", os.path.join(ce_run_dir, "final"), "--nsd_root", root,
+            "--cache_dir", os.path.join(output_dir, "hf_datasets"), "--output_dir", out, "--max_steps", str(steps),
+            "--reward_weights", str(object_weight), "--logging_steps", str(max(steps // 4, 1))]
+    script_args, config = TrlParser((train_rl.RLScriptArguments, ReinforceConfig)).parse_args_and_config(args=argv)
+    print(f"\n[train RL] {config.num_samples} samples per brain, rewards {config.rewards} x {config.reward_weights}, "
+          f"baseline {config.baseline}, {steps} steps of {config.per_device_train_batch_size} brains "
+          f"(recipes/configs/sim_tiny_rl.yaml)")
+    t = time.time()
+    with contextlib.redirect_stdout(io.StringIO()):  # the recipe prints its result.json; the table follows below
+        result = train_rl.main(script_args, config)
+    print(f"[train RL] {result['steps']} steps in {time.time() - t:.1f} s; model in {result['final_model']}")
+    return out
+
+
+def print_rl_report(ce_run_dir: str, rl_run_dir: str) -> dict:
+    """The stage-1 model's test scores next to the stage-2 model's (deltas against stage 1), on the columns both
+    runs report, plus the object reward's test mean for both; writes <rl_run_dir>/ce_vs_rl.md."""
+    from fgb2i_hf.metrics import format_table
+    from fgb2i_hf.rewards import object_accuracy
+
+    ce = json.load(open(os.path.join(ce_run_dir, "eval_test.json"), encoding="utf-8"))["rows"]["brain"]
+    rl = json.load(open(os.path.join(rl_run_dir, "result.json"), encoding="utf-8"))["eval"]
+    rows = [json.loads(line) for line in open(os.path.join(ce_run_dir, "eval_test_predictions.jsonl"), encoding="utf-8")]
+    ce = dict(ce, **{"reward object_accuracy": float(np.mean(object_accuracy([r["prediction"] for r in rows],
+                                                                            objects=[r["objects"] for r in rows])))})
+    columns = [c for c in ce if c in rl]
+    table = format_table({"CE (stage 1)": ce, "CE + RL (stage 2)": rl}, baseline="CE (stage 1)", columns=columns)
+    print("\nTest split, stage 1 vs stage 2 (greedy captions; deltas against stage 1):\n")
+    print(table)
+    with open(os.path.join(rl_run_dir, "ce_vs_rl.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    return {"CE (stage 1)": ce, "CE + RL (stage 2)": rl}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="demo_output", help="where SimNSD, the datasets and the report go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="re-simulate SimNSD and retrain even if they exist")
     parser.add_argument("--ce-epochs", type=float, default=None, help="stage-1 epochs (default: sim_tiny.yaml's)")
+    parser.add_argument("--rl-steps", type=int, default=100, help="stage-2 optimiser steps (batch 32)")
+    parser.add_argument("--rl-object-weight", type=float, default=1.0,
+                        help="weight of the object reward (the paper's 0.01 barely moves a short SimNSD run)")
     args = parser.parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     root = step_simulate(args.output_dir, args.seed, args.fresh)
@@ -134,6 +212,10 @@ def main(argv=None):
     run_dir = step_train_ce(root, args.output_dir, args.ce_epochs, args.fresh)
     print_ce_report(run_dir)
     print(f"[train CE] step time {time.time() - t:.1f} s")
+    t = time.time()
+    rl_dir = step_train_rl(root, args.output_dir, run_dir, args.rl_steps, args.rl_object_weight, args.fresh)
+    print_rl_report(run_dir, rl_dir)
+    print(f"[train RL] step time {time.time() - t:.1f} s")
 
 
 if __name__ == "__main__":
