@@ -13,8 +13,8 @@ starting checkpoint (``stage 1``) and the ``shuffled-brain control`` (the CE-onl
 the same subject — what the language prior alone gives).
 
 Weights: the paper's α = β = γ = 0.01 (``--paper-weight``). On SimNSD a weight of 0.01 barely moves a model in
-a few hundred steps, so every reward row is also run with ``--scaled-weight`` (default 1.0) unless it is 0;
-both appear in the table, named by their weight.
+a hundred steps, so the ``--scaled-rows`` (default: the object reward) are also run at each of
+``--scaled-weights`` (default 0.1 and 1); every row is named by its weight.
 
 CLIP rewards: ``--clip-model random-tiny`` (the default) is a random tiny open_clip model and ``--renderer
 random-tiny`` a random tiny Stable Diffusion: their rewards are noise, so those rows show the mechanics and the
@@ -51,12 +51,11 @@ RANDOM_TINY = "random-tiny"
 
 
 # -- the rows --------------------------------------------------------------------------------------------------------
-def row_specs(rows: list[str], paper_weight: float, scaled_weight: float = 0.0,
-              scaled_rows: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+def row_specs(rows: list[str], paper_weight: float, scaled_weights=(), scaled_rows=()) -> dict[str, dict[str, float]]:
     """``{row name: {reward name: weight}}`` for the requested row keys (``ce``, ``obj``, ``ti``, ``ii``, ``all``).
 
-    Each reward row appears at the paper's weight and, for the keys in ``scaled_rows`` when ``scaled_weight`` is
-    non-zero and differs, also at the scaled one; the row name carries the weight (``+L_obj (w=0.01)``).
+    Each reward row appears at the paper's weight and, for the keys in ``scaled_rows``, also at each non-zero
+    weight of ``scaled_weights`` that differs from it; the row name carries the weight (``+L_obj (w=0.01)``).
     ``CE only`` has no reward.
     """
     unknown = [r for r in [*rows, *scaled_rows] if r not in ROW_NAMES]
@@ -69,8 +68,8 @@ def row_specs(rows: list[str], paper_weight: float, scaled_weight: float = 0.0,
             continue
         names = list(REWARDS.values()) if key == "all" else [REWARDS[key]]
         weights = [paper_weight]
-        if key in scaled_rows and scaled_weight and scaled_weight != paper_weight:
-            weights.append(scaled_weight)
+        if key in scaled_rows:
+            weights += [w for w in dict.fromkeys(scaled_weights) if w and w != paper_weight]
         for w in weights:
             specs[f"{ROW_NAMES[key]} (w={w:g})"] = {n: w for n in names}
     return specs
@@ -233,8 +232,8 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", default="outputs/bench_rl_ablation")
     p.add_argument("--rows", default="ce,obj,ti,ii,all", help=f"comma-separated, from {list(ROW_NAMES)}")
     p.add_argument("--paper-weight", type=float, default=0.01, help="α = β = γ of the paper")
-    p.add_argument("--scaled-weight", type=float, default=1.0, help="a second weight for the --scaled-rows (0: none)")
-    p.add_argument("--scaled-rows", default="obj", help="rows also run at --scaled-weight (comma-separated)")
+    p.add_argument("--scaled-weights", default="0.1,1", help="more weights for the --scaled-rows (comma-separated; '' none)")
+    p.add_argument("--scaled-rows", default="obj", help="rows also run at the --scaled-weights (comma-separated)")
     p.add_argument("--steps", type=int, default=100, help="optimiser steps per row")
     p.add_argument("--batch-size", type=int, default=32, help="brains per step")
     p.add_argument("--num-samples", type=int, default=4, help="K: captions sampled per brain")
@@ -283,7 +282,8 @@ def main(argv=None) -> dict[str, Any]:
     data = load_nsd(nsd_root, subjects=subjects, cache_dir=cache_dir)
     train, test = data["train"], first_rows_per_subject(data["test"], args.eval_max_rows)
     stimuli = NSDStimuli(nsd_root)
-    specs = row_specs(args.rows.split(","), args.paper_weight, args.scaled_weight,
+    scaled_weights = [float(w) for w in args.scaled_weights.split(",") if w]
+    specs = row_specs(args.rows.split(","), args.paper_weight, scaled_weights,
                       tuple(r for r in args.scaled_rows.split(",") if r))
     rewards = build_rewards(list(REWARDS.values()), args.clip_model, args.renderer, stimuli, args.seed,
                             steps=args.render_steps, guidance=args.render_guidance, size=args.render_size or None)
@@ -344,8 +344,8 @@ def main(argv=None) -> dict[str, Any]:
              f"({args.steps * args.batch_size} training brains per row of {len(train)}), baseline {args.baseline}, "
              f"lr {args.learning_rate:g}, seed {args.seed}; test split {len(test)} rows, greedy decoding; "
              f"total {result['seconds'] / 60:.1f} min.",
-             f"Weights: the paper's {args.paper_weight:g}" + (f" and a scaled {args.scaled_weight:g} for {args.scaled_rows}"
-                                                              if args.scaled_weight else "") + " (named in each row).",
+             f"Weights: the paper's {args.paper_weight:g}" + (f", and {args.scaled_weights} for {args.scaled_rows}"
+                                                              if scaled_weights else "") + " (named in each row).",
              f"Deltas in brackets are against '{BASELINE_ROW}' (the CE loss alone for the same steps)."]
     if args.clip_model == RANDOM_TINY or args.renderer == RANDOM_TINY:
         notes.append(f"CLIP model '{args.clip_model}', renderer '{args.renderer}': random tiny weights, so the "

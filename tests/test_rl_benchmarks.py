@@ -50,16 +50,16 @@ def stage1(simnsd_dataset, tmp_path_factory):
 
 
 def test_row_specs_pair_each_reward_row_with_its_weights(ablation):
-    specs = ablation.row_specs(["ce", "obj", "ti", "all"], 0.01, 1.0, scaled_rows=("obj",))
+    specs = ablation.row_specs(["ce", "obj", "ti", "all"], 0.01, [0.1, 1.0], scaled_rows=("obj",))
     assert specs == {
         "CE only": {},
         "+L_obj (w=0.01)": {"object_accuracy": 0.01},
+        "+L_obj (w=0.1)": {"object_accuracy": 0.1},
         "+L_obj (w=1)": {"object_accuracy": 1.0},
         "+L_ti (w=0.01)": {"clip_text_image": 0.01},
         "all three (w=0.01)": {"object_accuracy": 0.01, "clip_text_image": 0.01, "clip_image_image": 0.01}}
     # a scaled weight equal to the paper's, or 0, adds no row
-    assert list(ablation.row_specs(["obj"], 0.01, 0.01, ("obj",))) == ["+L_obj (w=0.01)"]
-    assert list(ablation.row_specs(["obj"], 0.01, 0.0, ("obj",))) == ["+L_obj (w=0.01)"]
+    assert list(ablation.row_specs(["obj"], 0.01, [0.01, 0.0], ("obj",))) == ["+L_obj (w=0.01)"]
     with pytest.raises(ValueError, match="unknown ablation rows"):
         ablation.row_specs(["ce", "clip"], 0.01)
 
@@ -106,7 +106,7 @@ def test_ablation_end_to_end_writes_the_table(ablation, stage1, simnsd_root, nsd
     out = tmp_path / "ablation"
     result = ablation.main([
         "--checkpoint", stage1, "--nsd-root", simnsd_root, "--cache-dir", nsd_cache_dir, "--output-dir", str(out),
-        "--subjects", ",".join(SUBJECTS), "--rows", "ce,obj", "--scaled-rows", "obj", "--steps", "2",
+        "--subjects", ",".join(SUBJECTS), "--rows", "ce,obj", "--scaled-rows", "obj", "--scaled-weights", "1", "--steps", "2",
         "--batch-size", "4", "--num-samples", "2", "--eval-max-rows", "3", "--metrics", "BLEU-4,CIDEr"])
     names = ["stage 1 (start)", "CE only", "+L_obj (w=0.01)", "+L_obj (w=1)", "shuffled-brain control"]
     assert list(result["rows"]) == names
