@@ -1,7 +1,9 @@
 """`make demo`: the whole FgB2I pipeline on SimNSD, step by step.
 
-Steps so far: simulate SimNSD in NSD's raw layout -> build the NSD datasets -> summarise them.
-Later stages (brain-to-text training, reconstruction, evaluation) add their own step functions below.
+Steps so far: simulate SimNSD in NSD's raw layout -> build the NSD datasets -> summarise them -> train the
+brain-to-text model with cross-entropy (stage 1, recipes/configs/sim_tiny.yaml) and compare its decoded test
+captions with the truth and with the shuffled-brain control.
+Later stages (reinforcement, reconstruction, evaluation) add their own step functions below.
 
     python examples/demo.py --output-dir demo_output
 """
@@ -9,7 +11,9 @@ Later stages (brain-to-text training, reconstruction, evaluation) add their own 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import textwrap
 import time
 
 import numpy as np
@@ -18,6 +22,8 @@ from PIL import Image
 from fgb2i_hf.data import NSDStimuli, load_nsd, load_simnsd_config, simulate_nsd, voxel_stats
 
 SUBJECTS = ["subj01", "subj02", "subj05", "subj07"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIM_TINY = os.path.join(HERE, os.pardir, "recipes", "configs", "sim_tiny.yaml")
 
 
 def step_simulate(output_dir: str, seed: int = 0, fresh: bool = False) -> str:
@@ -72,16 +78,62 @@ def print_data_summary(root: str, dd, output_dir: str) -> None:
     print(f"\n[summary] {os.path.join(output_dir, 'stimuli.png')} and data_summary.md written")
 
 
+def step_train_ce(root: str, output_dir: str, epochs: float | None = None, fresh: bool = False) -> str:
+    """Stage 1 with recipes/configs/sim_tiny.yaml (reused if <output_dir>/ce/final exists); returns the run's folder."""
+    from transformers import TrainingArguments
+    from trl import TrlParser
+
+    from fgb2i_hf.training import CEScriptArguments, run_ce
+
+    out = os.path.join(output_dir, "ce")
+    if not fresh and os.path.isfile(os.path.join(out, "result.json")) and os.path.isdir(os.path.join(out, "final")):
+        print(f"\n[train CE] reusing {out} (--fresh to retrain)")
+        return out
+    argv = ["--config", SIM_TINY, "--nsd_root", root, "--cache_dir", os.path.join(output_dir, "hf_datasets"),
+            "--output_dir", out, "--disable_tqdm", "true", "--logging_strategy", "epoch"]
+    if epochs is not None:
+        argv += ["--num_train_epochs", str(epochs)]
+    script_args, training_args = TrlParser((CEScriptArguments, TrainingArguments)).parse_args_and_config(args=argv)
+    print(f"\n[train CE] {len(script_args.subjects)} subjects, GPT-2 {script_args.gpt2_config} from scratch, "
+          f"{training_args.num_train_epochs:g} epochs (recipes/configs/sim_tiny.yaml)")
+    t = time.time()
+    result = run_ce(script_args, training_args)
+    print(f"[train CE] {result['global_step']} steps in {time.time() - t:.1f} s "
+          f"(training {result['seconds']['train']:.1f} s); model + tokenizer in {result['final_model']}")
+    return out
+
+
+def print_ce_report(run_dir: str, examples: int = 8) -> None:
+    """Decoded test captions next to the truth and the control's, then the metric table."""
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "eval_test_predictions.jsonl"), encoding="utf-8")]
+    per = max(examples // len(SUBJECTS), 1)  # the subjects share their test images: show each other images
+    picked = [r for j, s in enumerate(SUBJECTS) for r in [x for x in rows if x["subject"] == s][j * per:(j + 1) * per]]
+    print("\nDecoded test captions (greedy), next to the truth and the shuffled-brain control:")
+    wrap = dict(width=110, initial_indent="    ", subsequent_indent="      ")
+    for r in picked:
+        print(f"  {r['subject']} nsd_id {r['nsd_id']}  objects={r['objects']}")
+        print(textwrap.fill(f"truth:   {r['references'][0]}", **wrap))
+        print(textwrap.fill(f"brain:   {r['prediction']}", **wrap))
+        print(textwrap.fill(f"control: {r['control']}", **wrap))
+    print("\nTest split, brain vs shuffled-brain control (same model, another brain of the same subject):\n")
+    print(open(os.path.join(run_dir, "eval_test.md"), encoding="utf-8").read())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="demo_output", help="where SimNSD, the datasets and the report go")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fresh", action="store_true", help="re-simulate SimNSD even if it exists")
+    parser.add_argument("--fresh", action="store_true", help="re-simulate SimNSD and retrain even if they exist")
+    parser.add_argument("--ce-epochs", type=float, default=None, help="stage-1 epochs (default: sim_tiny.yaml's)")
     args = parser.parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     root = step_simulate(args.output_dir, args.seed, args.fresh)
     dd = step_build(root, args.output_dir)
     print_data_summary(root, dd, args.output_dir)
+    t = time.time()
+    run_dir = step_train_ce(root, args.output_dir, args.ce_epochs, args.fresh)
+    print_ce_report(run_dir)
+    print(f"[train CE] step time {time.time() - t:.1f} s")
 
 
 if __name__ == "__main__":

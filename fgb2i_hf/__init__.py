@@ -12,7 +12,7 @@ AutoConfig.register(BrainPrefixGPT2Config.model_type, BrainPrefixGPT2Config, exi
 AutoModel.register(BrainPrefixGPT2Config, BrainPrefixGPT2, exist_ok=True)
 
 _SUBMODULES = ("captions", "data", "decoders", "metrics", "models", "pipelines", "rewards", "rl", "testing",
-               "tokenization", "world")
+               "tokenization", "training", "world")
 
 
 def __getattr__(name):

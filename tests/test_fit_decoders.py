@@ -133,3 +133,37 @@ def test_recipe_parses_yaml_and_cli(tmp_path):
                    for a in cfg.alphas_for(target))
     assert cfg.model_name_or_path == "tiny-random"
     assert isinstance(load_extractor(cfg), LDMTargetExtractor)
+
+
+@pytest.mark.slow
+def test_recipe_on_simnsd_end_to_end(simnsd_root, nsd_cache_dir, tmp_path, capsys):
+    """recipes/fit_decoders.py with the SimNSD config: load_nsd, NSDStimuli, tiny models, two targets."""
+    import importlib.util
+
+    from fgb2i_hf.data import NSDStimuli, load_nsd
+
+    spec = importlib.util.spec_from_file_location(
+        "fit_decoders_recipe", os.path.join(os.path.dirname(__file__), "..", "recipes", "fit_decoders.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    config_path = os.path.join(os.path.dirname(__file__), "..", "recipes", "configs", "decoders_sim_tiny.yaml")
+    out = tmp_path / "decoders"
+    recipe.main(["--config", config_path, "--nsd_root", simnsd_root, "--output_dir", str(out),
+                 "--cache_dir", nsd_cache_dir, "--subjects", "subj01", "--max_train_rows", "300"])
+    assert "subj01   z" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = load_nsd(simnsd_root, subjects=["subj01"], cache_dir=nsd_cache_dir)
+    rows["train"] = rows["train"].select(range(300))
+    for target in ("z", "c"):
+        decoder = RidgeDecoder.from_pretrained(str(out / "subj01" / target))
+        assert decoder.config.num_voxels == len(rows["train"][0]["betas"])
+        assert metrics["subj01"][target]["test"]["n_test"] == len(rows["test"])
+        assert metrics["subj01"][target]["fit"]["n_train"] == 300
+    # the cached z targets are the tiny VAE's latents of the very images NSDStimuli serves
+    ids = np.load(out / "targets" / "z.npy", mmap_mode="r").shape[0]
+    assert ids == len(set(rows["train"]["nsd_id"]) | set(rows["test"]["nsd_id"]))
+    extractor = LDMTargetExtractor.from_pretrained(str(out / "target_models"), device="cpu")
+    first = sorted(set(rows["train"]["nsd_id"]) | set(rows["test"]["nsd_id"]))[:2]
+    np.testing.assert_allclose(np.load(out / "targets" / "z.npy")[:2],
+                               extractor.extract("z", images=NSDStimuli(simnsd_root), ids=first, progress=False),
+                               atol=1e-5)

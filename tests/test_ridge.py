@@ -108,7 +108,9 @@ def test_single_alpha_equals_scikit_learn_ridge_with_intercept():
 def test_more_rows_than_voxels_stores_one_weight_matrix_and_uncentred_mode():
     """N > V: primal storage. center_targets=False is Takagi's fit_intercept=False: no intercept at all."""
     x, y, signal = planted(n=400, v=60, t=10)
+    y_before = y.copy()
     decoder = fit(x, y, center_targets=False)
+    np.testing.assert_array_equal(y, y_before)  # the caller's targets are regressed, never overwritten
     assert decoder.config.rank is None and decoder.basis is None and decoder.coef.shape == (60, 10)
     assert torch.all(decoder.intercept == 0)
     # centred betas cannot produce the targets' mean of 3 without an intercept

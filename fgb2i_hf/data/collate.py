@@ -11,8 +11,12 @@ A batch is a dict:
 
 Which caption of a row's list is the target: index ``crc32(seed, subject, nsd_id, epoch) % n`` — a
 different caption each epoch, yet a pure function of the row and the epoch, so a run resumed from a
-checkpoint sees the same targets as an uninterrupted one. :class:`CaptionEpochCallback` tells the
-collator the epoch when training with ``Trainer``.
+checkpoint sees the same targets as an uninterrupted one. :class:`fgb2i_hf.training.CaptionEpochCallback` tells
+the collator the epoch when training with ``Trainer`` (the collator must run in the training process, i.e.
+``dataloader_num_workers=0`` or non-persistent workers, for the attribute to reach it).
+
+Rows may hold betas as Python lists (the default ``datasets`` format) or numpy arrays (``with_format("numpy",
+columns=["betas"], output_all_columns=True)``, which is several times faster for real voxel counts).
 """
 
 from __future__ import annotations
@@ -24,16 +28,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .tensors import betas_tensor
+
 CAPTION_COLUMNS = ("fine_captions", "captions")
 
 
 def pad_betas(betas: Sequence[Sequence[float]]) -> torch.Tensor:
-    """List of 1-D voxel vectors of varying length -> float32 (B, V_max), zero-padded on the right."""
-    arrays = [np.asarray(b, dtype=np.float32) for b in betas]
-    out = np.zeros((len(arrays), max(a.shape[0] for a in arrays)), dtype=np.float32)
-    for i, a in enumerate(arrays):
-        out[i, : a.shape[0]] = a
-    return torch.from_numpy(out)
+    """List of 1-D voxel vectors (lists or arrays) of varying length -> float32 (B, V_max), zero-padded on the
+    right (:func:`fgb2i_hf.data.betas_tensor`)."""
+    return betas_tensor(betas)
 
 
 @dataclass

@@ -71,6 +71,7 @@ class FitDecodersConfig:
     average_train: bool | None = field(default=None, metadata={
         "help": "Average train repetitions (default: no for ldm as Takagi, yes for brain_diffuser)."})
     max_train_rows: int | None = field(default=None, metadata={"help": "Fit on the first N train rows (quick runs)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache for the NSD build (default HF's)."})
 
     def alphas_for(self, target: str) -> list[float]:
         return list(getattr(self, f"{target}_alphas"))
@@ -131,7 +132,7 @@ def _load_dataset(config: FitDecodersConfig):
     options = {"average_train": average}
     if config.sessions is not None:
         options["sessions"] = config.sessions
-    return load_nsd(config.nsd_root, subjects=config.subjects, **options)
+    return load_nsd(config.nsd_root, subjects=config.subjects, cache_dir=config.cache_dir, **options)
 
 
 def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress: bool = True) -> dict:

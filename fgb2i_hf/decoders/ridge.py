@@ -40,7 +40,7 @@ from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (ModelMixin must be
 from diffusers.configuration_utils import register_to_config
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
+from tqdm.auto import tqdm
 
 from ..world import resolve_pretrained
 
@@ -231,7 +231,7 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
         _check_finite_rows(X, "betas")
 
         stages = ["standardise", "gram", "cross-validate", "refit"]
-        bar = _progress(stages, progress, f"ridge {self._who()}: {N}x{V} -> {T}")
+        bar = tqdm(total=len(stages), desc=f"ridge {self._who()}: {N}x{V} -> {T}", disable=not progress, leave=False)
         with himalaya_backend(device) as backend:
             # 1. standardise betas with training statistics (float64 sums), centre targets
             bar.set_postfix_str(stages[0])
@@ -263,9 +263,15 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
 
             # 4. refit on all rows: one float64 eigendecomposition serves every alpha
             bar.set_postfix_str(stages[3])
+            lam, vectors = _eigh_numerical_rank(gram)
+            del gram
+            # a centred copy of the targets is ours: its storage takes the coefficients, block by block
+            out = Yc if self.config.center_targets else None
             refit = _refit_dual if dual else _refit_primal
-            basis, coef = refit(gram, Xs, Yc, alpha, block_bytes)
-            del gram, Yc
+            basis, coef = refit(lam, vectors, Xs, Yc, alpha, block_bytes, out=out)
+            del Yc, out, vectors
+            if coef.untyped_storage().nbytes() > 1.05 * coef.numel() * coef.element_size():
+                coef = coef.clone()  # W in the first V of N >> V rows: keep only those
             bar.update(1)
         bar.close()
 
@@ -320,11 +326,13 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
 
         n_rows = features.shape[0]
         n_test, n_train = math.ceil(n_rows / folds), n_rows - n_rows // folds
-        # himalaya's temporaries: (alphas, n_test, n_train) [kernel] or (alphas, V, n_train) [primal] resolution
-        # matrices, and (alphas, n_test, targets) predictions
-        per_alpha = 4 * n_train * (n_test if dual else features.shape[1])
+        # himalaya's temporaries per alpha of a batch: the eigenvector weighting (n_train x n_train [kernel],
+        # V x n_train [primal]) and the resolution matrices (n_test [+ V, primal] x n_train); per target column
+        # of a batch: the predictions and squared errors (3 x alphas x n_test) and the train/test copies (N)
+        k = n_train if dual else min(n_train, features.shape[1])
+        per_alpha = 4 * n_train * (k + n_test + (0 if dual else features.shape[1]))
         n_alphas_batch = int(min(len(alphas), max(1, block_bytes // per_alpha)))
-        n_targets_batch = max(1, block_bytes // (4 * n_alphas_batch * n_test))
+        n_targets_batch = max(1, block_bytes // (4 * (3 * n_alphas_batch * n_test + n_rows)))
         y_in_cpu = device.type == "cuda" and Yc.numel() * 4 > 0.5 * torch.cuda.mem_get_info(device)[0]
         common = dict(n_iter=torch.ones(1, 1, device=device), cv=folds, fit_intercept=False,
                       alphas=backend.asarray(np.asarray(alphas, dtype=np.float32)),
@@ -501,38 +509,37 @@ def _eigh_numerical_rank(gram: torch.Tensor):
     return lam[keep], vectors[:, keep]
 
 
-def _refit_dual(K, Xs, Yc, alpha, block_bytes):
-    """N <= V. With ``K = Q Λ Qᵀ``: ``W = B C``, ``B = Xsᵀ Q Λ^-1/2`` (V x k, orthonormal columns) and
-    ``C[j, t] = √λ_j / (λ_j + α_t) (Qᵀ Y)[j, t]``. Returns ``(B, C)``, or ``(None, W)`` when V x T is smaller."""
+def _refit_dual(lam, Q, Xs, Yc, alpha, block_bytes, out=None):
+    """N <= V, ``Xs Xsᵀ = Q Λ Qᵀ``: ``W = B C``, ``B = Xsᵀ Q Λ^-1/2`` (V x k, orthonormal columns) and
+    ``C[j, t] = √λ_j / (λ_j + α_t) (Qᵀ Y)[j, t]``. Returns ``(B, C)``, or ``(None, W)`` when V x T is smaller.
+
+    ``out`` (N x T, may be ``Yc`` itself: each block of columns is read before it is written) holds C."""
     N, V = Xs.shape
     T = Yc.shape[1]
-    device = K.device
-    lam, Q = _eigh_numerical_rank(K)
-    Q, sqrt_lam, alpha = Q.float(), lam.sqrt(), alpha.to(device)
-    basis = (Xs.T @ Q) / sqrt_lam.float()
     k = lam.shape[0]
-    coef = torch.empty(k, T, dtype=torch.float32)
+    Q, sqrt_lam, alpha = Q.float(), lam.sqrt(), alpha.to(lam.device)
+    basis = (Xs.T @ Q) / sqrt_lam.float()
+    coef = out[:k] if out is not None else torch.empty(k, T, dtype=torch.float32)
     for cols in _column_blocks(T, max(1, block_bytes // (4 * N))):
-        QtY = (Q.T @ Yc[:, cols].to(device)).double()
+        QtY = (Q.T @ Yc[:, cols].to(Q.device)).double()
         coef[:, cols] = (QtY * (sqrt_lam[:, None] / (lam[:, None] + alpha[None, cols]))).float().cpu()
     if k * (V + T) < V * T:
         return basis, coef
     weights = torch.empty(V, T, dtype=torch.float32)
     for cols in _column_blocks(T, max(1, block_bytes // (4 * V))):
-        weights[:, cols] = (basis @ coef[:, cols].to(device)).cpu()
+        weights[:, cols] = (basis @ coef[:, cols].to(basis.device)).cpu()
     return None, weights
 
 
-def _refit_primal(C, Xs, Yc, alpha, block_bytes):
-    """N > V. With ``Xsᵀ Xs = P Λ Pᵀ``: ``W[:, t] = P diag(1 / (λ + α_t)) Pᵀ Xsᵀ Y[:, t]``. Returns ``(None, W)``."""
+def _refit_primal(lam, P, Xs, Yc, alpha, block_bytes, out=None):
+    """N > V, ``Xsᵀ Xs = P Λ Pᵀ``: ``W[:, t] = P diag(1 / (λ + α_t)) Pᵀ Xsᵀ Y[:, t]``. Returns ``(None, W)``;
+    ``out`` (N x T, may be ``Yc``) holds W in its first V rows."""
     N, V = Xs.shape
     T = Yc.shape[1]
-    device = C.device
-    lam, P = _eigh_numerical_rank(C)
-    P, alpha = P.float(), alpha.to(device)
-    weights = torch.empty(V, T, dtype=torch.float32)
+    P, alpha = P.float(), alpha.to(lam.device)
+    weights = out[:V] if out is not None else torch.empty(V, T, dtype=torch.float32)
     for cols in _column_blocks(T, max(1, block_bytes // (4 * N))):
-        PtXtY = (P.T @ (Xs.T @ Yc[:, cols].to(device))).double()
+        PtXtY = (P.T @ (Xs.T @ Yc[:, cols].to(P.device))).double()
         weights[:, cols] = (P @ (PtXtY / (lam[:, None] + alpha[None, cols])).float()).cpu()
     return None, weights
 
@@ -550,8 +557,3 @@ def _local_folder(name_or_path: str, subfolder: str | None, revision: str | None
                       f"({type(error).__name__}: {error})") from error
     return os.path.join(root, subfolder) if subfolder else root
 
-
-def _progress(stages, enabled, description):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=len(stages), desc=description, disable=not enabled, leave=False)

@@ -81,7 +81,7 @@ def _mean_over_captions(encode, captions: Sequence[Sequence[str]], keys) -> torc
 
 
 class TargetExtractor:
-    """Common driver: ``target_names``, ``target_shape(name)``, ``extract(name, ...)``, ``save_pretrained``.
+    """Common driver: ``target_names``, ``iter_batches``/``extract(name, ...)``, ``save_pretrained``.
 
     Subclasses say which targets come from images and which from captions, and how to encode a batch.
     """
@@ -110,19 +110,12 @@ class TargetExtractor:
         """Everything that changes the extracted values (written beside cached targets)."""
         return {"base": self.base, "model": self.name_or_path, "dtype": str(self.dtype).replace("torch.", "")}
 
-    def target_shape(self, name: str) -> tuple[int, ...]:
-        self._check_request(name, needs_inputs=False)
-        if name in self.image_targets:
-            probe = np.zeros((1, 8, 8, 3), np.uint8)
-            return tuple(self.encode_images(name, probe, [0]).shape[1:])
-        return tuple(self.encode_captions(name, [["a photo"]]).shape[1:])
-
-    def _check_request(self, name, images=None, captions=None, needs_inputs=True):
+    def _check_request(self, name, images=None, captions=None):
         if name not in self.target_names:
             raise ValueError(f"{type(self).__name__} extracts {list(self.target_names)}, not {name!r}")
-        if needs_inputs and name in self.image_targets and images is None:
+        if name in self.image_targets and images is None:
             raise ValueError(f"target {name!r} is computed from images: pass images= (and ids= for NSDStimuli)")
-        if needs_inputs and name in self.text_targets and captions is None:
+        if name in self.text_targets and captions is None:
             raise ValueError(f"target {name!r} is computed from captions: pass captions= (a list per image)")
 
     @torch.no_grad()

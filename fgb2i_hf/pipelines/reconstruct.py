@@ -1,0 +1,302 @@
+"""Reconstruct a split of (Sim)NSD through an FgB2I pipeline: what ``recipes/reconstruct.py`` runs.
+
+For every image of the split (one subject; each nsd_id once) it writes, under ``<output_dir>``:
+
+* ``fgb2i/<nsd_id>.png`` — the FgB2I reconstruction at weight ``w`` (extra samples ``<nsd_id>_<k>.png``);
+* ``base/<nsd_id>.png`` — the base method (``w = 0``) from the same noise, when ``run_base``;
+* ``captions.jsonl`` — ``{"nsd_id", "caption"}``, the decoded captions;
+* ``grid.png`` — GT | base | FgB2I for the first ``grid_rows`` images, captions under GT and FgB2I;
+* ``reconstruct.yaml`` — this run's settings and package versions.
+
+Every image has its own generator seeded from ``(seed, nsd_id, sample)``, so the base and FgB2I images
+share their noise, and a killed run resumes where it stopped with the same images (PNGs are written to a
+temporary name and renamed; finished ids are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .loading import BACKBONE_OF_BASE, DECODER_COMPONENTS, build_pipeline
+
+# decoder component -> the target name recipes/fit_decoders.py saves it under (<dir>/<subject>/<target>)
+DECODER_TARGETS = {"z_decoder": "z", "c_decoder": "c", "clip_text_decoder": "clip_text",
+                   "clip_vision_decoder": "clip_vision"}
+
+
+@dataclass
+class ReconstructConfig:
+    """What ``recipes/reconstruct.py`` reads from ``--config`` YAML and the command line."""
+
+    nsd_root: str = field(metadata={"help": "NSD root, real or SimNSD (raw layout)."})
+    output_dir: str = field(metadata={"help": "Where the PNGs, captions.jsonl, grid.png and reconstruct.yaml go."})
+    base: str = field(default="ldm", metadata={"help": "Base method.",
+                                               "choices": ["ldm", "brain_diffuser", "mindeye"]})
+    subject: str = field(default="subj01", metadata={"help": "The subject whose betas are decoded."})
+    split: str = field(default="test", metadata={"help": "Dataset split.", "choices": ["train", "test"]})
+    max_samples: int | None = field(default=None, metadata={"help": "Reconstruct only the first N images."})
+    batch_size: int = field(default=4, metadata={"help": "Images per pipeline call."})
+    diffusion_model: str | None = field(default=None, metadata={
+        "help": "Diffusion backbone: Hub id or folder (default CompVis/stable-diffusion-v1-4 for ldm, "
+                "shi-labs/versatile-diffusion otherwise) or 'tiny-random' (mechanics only)."})
+    scheduler: str | None = field(default=None, metadata={
+        "help": "ddim / unipc / pndm / dpm (default: DDIM for ldm and brain_diffuser, UniPC for mindeye)."})
+    encoders_from: str | None = field(default=None, metadata={
+        "help": "Folder of the models the decoders' targets came from (fit_decoders' <output_dir>/target_models); "
+                "their VAE/CLIP encoders replace the backbone's."})
+    brain_model: str | None = field(default=None, metadata={
+        "help": "BrainPrefixGPT2 folder or name (its tokenizer is loaded from the same place)."})
+    decoders_dir: str | None = field(default=None, metadata={
+        "help": "fit_decoders' output_dir: decoders are read from <decoders_dir>/<subject>/<target>."})
+    rescale_predictions: bool | None = field(default=None, metadata={
+        "help": "Brain-Diffuser's post-hoc rescaling of the ridge predictions over the whole split "
+                "(default: yes for brain_diffuser, no for ldm)."})
+    low_level_dir: str | None = field(default=None, metadata={
+        "help": "Brain-Diffuser: folder of low-level reconstructions <nsd_id>.png (e.g. VDVAE) to start from."})
+    mindeye_inputs: str | None = field(default=None, metadata={
+        "help": "MindEye: .safetensors/.pt with nsd_ids, clip_image_embeds, blurry_images (MindEyeInputs)."})
+    w: float = field(default=0.5, metadata={"help": "Fusion weight: 0 = the base method, 1 = text alone."})
+    fusion: str = field(default="average", metadata={"help": "Fusion mode.", "choices": ["average", "guidance"]})
+    run_base: bool = field(default=True, metadata={"help": "Also reconstruct with w = 0 (the base column)."})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "Default: the base's (50/50/20)."})
+    guidance_scale: float | None = field(default=None, metadata={"help": "Default: the base's (5.0/7.5/3.5)."})
+    strength: float | None = field(default=None, metadata={"help": "Default: the base's (0.8/0.75/0.85)."})
+    height: int | None = field(default=None, metadata={"help": "Output size (ldm: z's VAE round trip, e.g. 512)."})
+    width: int | None = field(default=None, metadata={"help": "Output width (default: as height)."})
+    num_images_per_prompt: int = field(default=1, metadata={"help": "Samples per image."})
+    num_beams: int = field(default=1, metadata={"help": "Beam search width for the captions (1 = greedy)."})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "Caption length limit in GPT-2 tokens (default: the brain model's max_caption_tokens)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the per-image generators (and tiny random models)."})
+    dtype: str = field(default="float32", metadata={"help": "float32 (CPU) or float16 (GPU).",
+                                                    "choices": ["float32", "float16", "bfloat16"]})
+    device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+    grid_rows: int = field(default=8, metadata={"help": "Rows of grid.png."})
+    caption_column: str = field(default="fine_captions", metadata={
+        "help": "Column whose first entry is printed under GT in the grid (falls back to captions)."})
+
+
+def image_generator(seed: int, nsd_id: int, sample: int = 0) -> torch.Generator:
+    """A CPU generator for one image, independent of batching and of which images ran before."""
+    state = int(np.random.SeedSequence([int(seed), int(nsd_id), int(sample)]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(state & (2**63 - 1))
+
+
+def save_png(image, path: str) -> None:
+    """Write a PIL image atomically (temporary name, then rename)."""
+    tmp = path + ".tmp.png"
+    image.save(tmp)
+    os.replace(tmp, path)
+
+
+def load_images(directory: str, nsd_ids, name: str = "image") -> np.ndarray:
+    """uint8 (N, H, W, 3) from ``<directory>/<nsd_id>.png``, with a clear error for the missing ones."""
+    import PIL.Image
+
+    missing = [i for i in nsd_ids if not os.path.isfile(os.path.join(directory, f"{int(i)}.png"))]
+    if missing:
+        raise FileNotFoundError(f"{directory}: no {name} for nsd_id {missing[:10]}"
+                                + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+                                + " (expected <nsd_id>.png)")
+    arrays = [np.asarray(PIL.Image.open(os.path.join(directory, f"{int(i)}.png")).convert("RGB")) for i in nsd_ids]
+    if len({a.shape for a in arrays}) > 1:
+        raise ValueError(f"{directory}: images of different sizes {sorted({a.shape for a in arrays})}")
+    return np.stack(arrays)
+
+
+def split_rows(config: ReconstructConfig, dataset=None):
+    """The split's rows of the subject, each nsd_id once (the first row), at most ``max_samples``."""
+    if dataset is None:
+        from ..data import load_nsd
+
+        dataset = load_nsd(config.nsd_root, subjects=[config.subject])[config.split]
+    subjects = dataset["subject"]
+    ids = dataset["nsd_id"]
+    seen, rows = set(), []
+    for i, (s, n) in enumerate(zip(subjects, ids)):
+        if s == config.subject and n not in seen:
+            seen.add(n)
+            rows.append(i)
+    if not rows:
+        raise ValueError(f"{config.nsd_root}: no {config.split} rows for {config.subject}")
+    if config.max_samples is not None:
+        rows = rows[: config.max_samples]
+    return dataset.select(rows)
+
+
+def _decoders(config: ReconstructConfig) -> dict:
+    if config.decoders_dir is None:
+        return {}
+    found = {}
+    for component in DECODER_COMPONENTS[config.base]:
+        path = os.path.join(config.decoders_dir, config.subject, DECODER_TARGETS[component])
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path}: no {DECODER_TARGETS[component]} decoder for {config.subject} "
+                                    f"(run recipes/fit_decoders.py --base {config.base} first)")
+        found[component] = path
+    return found
+
+
+def pipeline_for(config: ReconstructConfig, num_voxels: int | None = None):
+    """The configured pipeline; ``num_voxels`` (the subject's) sizes a ``brain_model: tiny-random``."""
+    dtype = getattr(torch, config.dtype)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    voxel_counts = {config.subject: num_voxels} if num_voxels else None
+    return build_pipeline(config.base, config.diffusion_model, brain_model=config.brain_model,
+                          decoders=_decoders(config), scheduler=config.scheduler, encoders_from=config.encoders_from,
+                          dtype=dtype, device=device, seed=config.seed, voxel_counts=voxel_counts)
+
+
+def _base_features(pipe, config: ReconstructConfig, betas: torch.Tensor) -> dict:
+    """Brain-Diffuser's ridge predictions over the whole split at once (its rescaling uses split statistics)."""
+    rescale = config.rescale_predictions if config.rescale_predictions is not None else config.base == "brain_diffuser"
+    if not rescale or config.base == "mindeye" or len(betas) < 2:
+        return {}
+    names = {"ldm": {"base_latents": "z_decoder", "base_embeds": "c_decoder"},
+             "brain_diffuser": {"base_text_embeds": "clip_text_decoder", "base_vision_embeds": "clip_vision_decoder"}}
+    out = {}
+    for argument, component in names[config.base].items():
+        decoder = getattr(pipe, component)
+        if decoder is None:
+            raise ValueError(f"rescale_predictions needs the {component}: set decoders_dir")
+        out[argument] = decoder.predict(betas.to(decoder.device), subject=config.subject, rescale=True).cpu()
+    return out
+
+
+def _read_captions(path: str) -> dict[int, str]:
+    if not os.path.isfile(path):
+        return {}
+    records = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                records[int(record["nsd_id"])] = record["caption"]
+    return records
+
+
+def _done(config: ReconstructConfig, nsd_id: int, captions: dict) -> bool:
+    names = [f"{nsd_id}.png"] + [f"{nsd_id}_{k}.png" for k in range(1, config.num_images_per_prompt)]
+    folders = ["fgb2i"] + (["base"] if config.run_base else [])
+    pngs = all(os.path.isfile(os.path.join(config.output_dir, d, n)) for d in folders for n in names)
+    return pngs and (config.w == 0 or nsd_id in captions)
+
+
+def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None, progress: bool = True) -> dict:
+    """Run the split through the pipeline; returns a summary (counts, folders, seconds per image)."""
+    import time
+
+    from ..data import NSDStimuli
+    from ..visualization import reconstruction_grid
+    from .mindeye_inputs import MindEyeInputs
+
+    if config.base not in BACKBONE_OF_BASE:
+        raise ValueError(f"`base` must be one of {sorted(BACKBONE_OF_BASE)}, got {config.base!r}")
+    rows = split_rows(config, dataset)
+    betas = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) for b in rows.with_format("numpy")["betas"]]))
+    pipe = pipe if pipe is not None else pipeline_for(config, betas.shape[1])
+    pipe.set_progress_bar_config(disable=True)
+    for folder in ("fgb2i", "base") if config.run_base else ("fgb2i",):
+        os.makedirs(os.path.join(config.output_dir, folder), exist_ok=True)
+    _write_settings(config)
+    nsd_ids = [int(i) for i in rows["nsd_id"]]
+    features = _base_features(pipe, config, betas)
+    mindeye = (MindEyeInputs.from_file(config.mindeye_inputs, embed_shape=None)
+               if config.mindeye_inputs is not None else None)
+    if config.base == "mindeye" and mindeye is None:
+        raise ValueError("the mindeye base needs `mindeye_inputs` (MindEye's CLIP-image embeddings and blurry images)")
+    captions_path = os.path.join(config.output_dir, "captions.jsonl")
+    captions = _read_captions(captions_path)
+    todo = [k for k, n in enumerate(nsd_ids) if not _done(config, n, captions)]
+    generation = {"num_beams": config.num_beams}
+    if config.max_new_tokens is not None:
+        generation["max_new_tokens"] = config.max_new_tokens
+    call = dict(num_images_per_prompt=config.num_images_per_prompt, output_type="pil",
+                caption_generation_kwargs=generation)
+    for key in ("num_inference_steps", "guidance_scale", "strength"):
+        if getattr(config, key) is not None:
+            call[key] = getattr(config, key)
+    if config.height is not None:
+        call.update(height=config.height, width=config.width or config.height)
+    start, n = time.perf_counter(), 0
+    for first in tqdm(range(0, len(todo), config.batch_size), desc=f"reconstruct {config.base}",
+                      disable=not progress):
+        index = todo[first : first + config.batch_size]
+        ids = [nsd_ids[k] for k in index]
+        inputs = {name: value[index] for name, value in features.items()}
+        if config.base == "mindeye":
+            inputs.update(mindeye_inputs=mindeye, nsd_ids=ids)
+        elif config.base == "brain_diffuser" and config.low_level_dir is not None:
+            inputs["image"] = load_images(config.low_level_dir, ids, "low-level reconstruction")
+
+        def generators():
+            return [image_generator(config.seed, i, s) for i in ids for s in range(config.num_images_per_prompt)]
+
+        runs = [("fgb2i", config.w)] + ([("base", 0.0)] if config.run_base else [])
+        for folder, w in runs:
+            out = pipe(betas[index], config.subject, w=w, fusion=config.fusion, generator=generators(), **inputs,
+                       **call)
+            for j, image in enumerate(out.images):
+                i, s = ids[j // config.num_images_per_prompt], j % config.num_images_per_prompt
+                name = f"{i}.png" if s == 0 else f"{i}_{s}.png"
+                save_png(image, os.path.join(config.output_dir, folder, name))
+            if folder == "fgb2i" and out.captions is not None:
+                with open(captions_path, "a", encoding="utf-8") as f:
+                    for i, caption in zip(ids, out.captions):
+                        f.write(json.dumps({"nsd_id": i, "caption": caption}) + "\n")
+                        captions[i] = caption
+        n += len(ids)
+    seconds = time.perf_counter() - start
+
+    # the grid: GT | base | FgB2I
+    shown = nsd_ids[: config.grid_rows]
+    stimuli = stimuli if stimuli is not None else NSDStimuli(config.nsd_root)
+    columns = {"GT": stimuli.get(shown)}
+    if config.run_base:
+        columns[_label(config.base)] = load_images(os.path.join(config.output_dir, "base"), shown)
+    columns[f"{_label(config.base)} + FgB2I (w={config.w:g})"] = load_images(
+        os.path.join(config.output_dir, "fgb2i"), shown)
+    texts = {"GT": [_first_caption(rows[k], config.caption_column) for k in range(len(shown))]}
+    if config.w > 0:
+        texts[list(columns)[-1]] = [captions.get(i, "") for i in shown]
+    grid_path = os.path.join(config.output_dir, "grid.png")
+    save_png(reconstruction_grid(columns, captions=texts), grid_path)
+    return {"images": len(nsd_ids), "reconstructed_now": n, "seconds_per_image": seconds / max(n, 1),
+            "output_dir": config.output_dir, "grid": grid_path, "nsd_ids": nsd_ids}
+
+
+BASE_LABELS = {"ldm": "LDM", "brain_diffuser": "Brain-Diffuser", "mindeye": "MindEye"}
+
+
+def _label(base: str) -> str:
+    return BASE_LABELS[base]
+
+
+def _first_caption(row: dict, column: str) -> str:
+    for name in (column, "captions"):
+        values = row.get(name) or []
+        if values:
+            return values[0]
+    return ""
+
+
+def _write_settings(config: ReconstructConfig) -> None:
+    import diffusers
+    import transformers
+    import yaml
+
+    from .. import __version__
+
+    record = {"config": asdict(config), "versions": {"fgb2i_hf": __version__, "torch": str(torch.__version__),
+                                                     "diffusers": str(diffusers.__version__),
+                                                     "transformers": str(transformers.__version__)}}
+    path = os.path.join(config.output_dir, "reconstruct.yaml")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        yaml.safe_dump(record, f, sort_keys=False)
+    os.replace(path + ".tmp", path)

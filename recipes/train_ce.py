@@ -1,0 +1,34 @@
+"""Stage 1: cross-entropy training of BrainPrefixGPT2 (one model for all subjects) with transformers' Trainer.
+
+    accelerate launch recipes/train_ce.py --config recipes/configs/sim_tiny.yaml [--key value ...]
+    python recipes/train_ce.py --config recipes/configs/nsd_paper.yaml --nsd_root /data/nsd --output_dir runs/ce
+
+The YAML sets fields of ``fgb2i_hf.training.CEScriptArguments`` (data, model, caption evaluation) and of
+transformers' ``TrainingArguments`` (optimiser, epochs, checkpoints, report_to, push_to_hub...); CLI flags
+override it; an unknown key is an error. Writes checkpoints to ``output_dir``, the final model + tokenizer + the
+run's config to ``<output_dir>/final`` (what recipes/train_rl.py and recipes/evaluate_captions.py load), and the
+test table beside the shuffled-brain control to ``<output_dir>/eval_test.{md,json}``. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def main(argv=None) -> dict:
+    from transformers import TrainingArguments
+    from trl import TrlParser
+
+    from fgb2i_hf.training import CEScriptArguments, run_ce
+
+    parser = TrlParser((CEScriptArguments, TrainingArguments))
+    script_args, training_args = parser.parse_args_and_config(args=argv)
+    result = run_ce(script_args, training_args)
+    if training_args.process_index == 0:
+        summary = {k: v for k, v in result.items() if k != "log_history"}
+        print(json.dumps(summary, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()
