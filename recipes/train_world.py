@@ -31,8 +31,10 @@ def summary_lines(records: dict) -> list[str]:
         lines.append(f"simnsd/{component}: {record['train_seconds']:.0f} s, {record['size_bytes'] / 1e6:.2f} MB")
         if component == "clip":
             for kind, m in metrics.items():
-                lines.append(f"  image->caption top-1 among test {kind}: {m['image_to_caption_top1']:.3f} "
-                             f"(chance {m['image_to_caption_chance']:.3f})")
+                lines.append(f"  image->caption among test {kind}: top-1 {m['image_to_caption_top1']:.3f} "
+                             f"(chance {m['image_to_caption_chance']:.3f}), top-5 "
+                             f"{m.get('image_to_caption_top5', float('nan')):.3f} "
+                             f"(chance {m.get('image_to_caption_top5_chance', float('nan')):.3f})")
         elif component == "gpt2":
             lines.append(f"  test perplexity {metrics['test_perplexity']:.2f} (COCO-like "
                          f"{metrics['test_perplexity_coco_captions']:.2f}, fine {metrics['test_perplexity_fine_captions']:.2f})")

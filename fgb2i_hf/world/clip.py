@@ -80,28 +80,39 @@ def contrastive_loss(image_emb, text_emb, logit_scale, texts):
 
 
 @torch.no_grad()
-def retrieval_top1(scorer: CLIPScorer, images: np.ndarray, captions: list[list[str]]) -> dict:
-    """Image -> caption top-1 among all captions of the set (a hit: the best caption is one of the image's own),
-    and caption -> image top-1; with chance levels."""
+def retrieval(scorer: CLIPScorer, images: np.ndarray, captions: list[list[str]]) -> dict:
+    """Image -> caption retrieval among all captions of the set (a hit at k: one of the image's own captions is
+    among the k most similar), caption -> image top-1, and their chance levels.
+
+    Chance of image -> caption top-k: the probability that k captions drawn at random without replacement
+    include one of the image's own, averaged over images.
+    """
     owner = np.array([i for i, caps in enumerate(captions) for _ in caps])
     texts = [c for caps in captions for c in caps]
     image_emb = scorer.encode_images(images)
     text_emb = scorer.encode_text(texts)
     sims = (image_emb @ text_emb.T).cpu().numpy()
-    best_text = sims.argmax(1)
+    ranked = np.argsort(-sims, axis=1)
     best_image = sims.argmax(0)
     counts = np.bincount(owner, minlength=len(images))
-    return {"image_to_caption_top1": float(np.mean(owner[best_text] == np.arange(len(images)))),
-            "image_to_caption_chance": float(np.mean(counts / len(texts))),
-            "caption_to_image_top1": float(np.mean(best_image == owner)),
-            "caption_to_image_chance": 1.0 / len(images), "images": int(len(images)), "captions": len(texts)}
+    out = {}
+    for k in (1, 5):
+        hits = (owner[ranked[:, :k]] == np.arange(len(images))[:, None]).any(1)
+        # P(no own caption among k of M) = C(M - n, k) / C(M, k)
+        miss = [math.comb(len(texts) - n, k) / math.comb(len(texts), k) for n in counts]
+        out[f"image_to_caption_top{k}"] = float(hits.mean())
+        out[f"image_to_caption_top{k}_chance"] = float(1 - np.mean(miss))
+    out["image_to_caption_chance"] = out["image_to_caption_top1_chance"]
+    out.update({"caption_to_image_top1": float(np.mean(best_image == owner)),
+                "caption_to_image_chance": 1.0 / len(images), "images": int(len(images)), "captions": len(texts)})
+    return out
 
 
 def evaluate_clip(scorer: CLIPScorer, split) -> dict:
     """Retrieval among a split's COCO-like captions and among its fine captions."""
-    out = {"coco_captions": retrieval_top1(scorer, split.images, split.captions)}
+    out = {"coco_captions": retrieval(scorer, split.images, split.captions)}
     if all(split.fine_captions):
-        out["fine_captions"] = retrieval_top1(scorer, split.images, split.fine_captions)
+        out["fine_captions"] = retrieval(scorer, split.images, split.fine_captions)
     return out
 
 

@@ -59,6 +59,24 @@ def halve_safetensors(folder: str) -> None:
             os.replace(tmp, path)
 
 
+def compact_clip_tokenizer(folder: str) -> None:
+    """Rewrite a saved ``CLIPTokenizer``'s ``tokenizer.json`` (3.6 MB: CLIP's 49,408-token vocabulary and 48,894
+    merges, pretty-printed) as ``vocab.json`` + ``merges.txt`` (1.4 MB), the files OpenAI CLIP's repositories ship;
+    ``CLIPTokenizer.from_pretrained`` builds the same tokenizer (same ids) from them."""
+    path = os.path.join(folder, "tokenizer.json")
+    with open(path, encoding="utf-8") as f:
+        model = json.load(f)["model"]
+    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+        raise ValueError(f"{path}: expected CLIP's BPE model (end_of_word_suffix '</w>')")
+    for name, text in (("vocab.json", json.dumps(model["vocab"], ensure_ascii=False, separators=(",", ":"))),
+                       ("merges.txt", "#version: 0.2\n" + "\n".join(m if isinstance(m, str) else " ".join(m)
+                                                                    for m in model["merges"]) + "\n")):
+        with open(os.path.join(folder, name) + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(os.path.join(folder, name) + ".tmp", os.path.join(folder, name))
+    os.remove(path)
+
+
 def folder_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
 

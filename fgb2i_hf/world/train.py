@@ -28,7 +28,7 @@ from .clip import CLIPTrainingConfig, train_clip
 from .data import load_world_data, simulate_world_nsd
 from .diffusion import UNetTrainingConfig, evaluate_diffusion, sample_grid, train_unet
 from .gpt2 import GPT2TrainingConfig, train_gpt2
-from .io import folder_bytes, halve_safetensors, publish_folder, scratch_folder, write_record
+from .io import compact_clip_tokenizer, folder_bytes, halve_safetensors, publish_folder, scratch_folder, write_record
 from .ldm_base import LDMBaseConfig, fit_ldm_base
 from .text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer
 from .vae import VAETrainingConfig, train_vae
@@ -63,6 +63,8 @@ class TrainWorldConfig:
         "help": "Train the neural components on the first N train images only (quick runs and tests)."})
     diffusion_eval_images: int = field(default=100, metadata={
         "help": "Test images the diffusion model is scored on (backgrounds, CLIP two-way)."})
+    diffusion_eval_steps: int = field(default=25, metadata={
+        "help": "Sampling steps of the diffusion evaluation and of the sample grid."})
     sample_grid_path: str | None = field(default=None, metadata={
         "help": "PNG of diffusion samples next to the ground truth (default: work_dir/diffusion_samples.png)."})
     progress: bool = field(default=True, metadata={"help": "Progress bars."})
@@ -154,14 +156,15 @@ def _train_diffusion(config: TrainWorldConfig, data, output_dir: str, vae_config
     pipe = pipe.to("cpu")
     train_seconds = time.time() - start
     metrics = evaluate_diffusion(pipe, data.test, clip_scorer=scorer, n=config.diffusion_eval_images,
-                                 seed=config.seed)
+                                 seed=config.seed, num_inference_steps=config.diffusion_eval_steps)
     grid = config.sample_grid_path or os.path.join(config.work_dir, "diffusion_samples.png")
     os.makedirs(os.path.dirname(os.path.abspath(grid)), exist_ok=True)
-    sample_grid(pipe, data.test, grid, seed=config.seed)
+    sample_grid(pipe, data.test, grid, seed=config.seed, num_inference_steps=config.diffusion_eval_steps)
     final = os.path.join(output_dir, "diffusion")
     scratch = scratch_folder(final)
     shutil.rmtree(scratch)  # save_pretrained creates it
     pipe.save_pretrained(scratch)
+    compact_clip_tokenizer(os.path.join(scratch, "tokenizer"))
     record = {"seed": config.seed, "train_seconds": round(train_seconds, 1), "metrics": {"test": metrics},
               "vae": vae_record, "unet": unet_record, "text_encoder": "simnsd/clip text tower, converted",
               "sample_grid": os.path.basename(grid)}
