@@ -68,10 +68,10 @@ def test_gpt2_trains_and_loads_frozen_into_brain_model(world_data, tmp_path):
 
     from fgb2i_hf import BrainPrefixGPT2
 
-    data = world_data.subset(train=200, test=20)
-    config = GPT2TrainingConfig(gpt2_epochs=3, **{**TINY_GPT2, "gpt2_learning_rate": 5e-3})
+    data = world_data.subset(train=100, test=20)
+    config = GPT2TrainingConfig(gpt2_epochs=2, **{**TINY_GPT2, "gpt2_learning_rate": 1e-2})
     model, tokenizer, record = train_gpt2(config, data, progress=False)
-    # 113 steps take the model far below the uniform guess over its vocabulary
+    # 38 steps take the model far below the uniform guess over its vocabulary
     assert record["metrics"]["test_perplexity"] < len(tokenizer) / 4
     assert tokenizer.eos_token_id == 0 and tokenizer.pad_token is None
     model.save_pretrained(tmp_path)
@@ -114,13 +114,12 @@ def test_vae_and_unet_train_into_a_loadable_stable_diffusion_pipeline(world_data
     assert scheduler["steps_offset"] == 1 and scheduler["prediction_type"] == "v_prediction"
     loaded = DiffusionPipeline.from_pretrained(str(tmp_path))
     assert isinstance(loaded, StableDiffusionPipeline) and loaded.unet.dtype == torch.float32
-    images = render(loaded, ["a red dog", "a blue car"], num_inference_steps=3, batch_size=2)
+    images = render(loaded, ["a red dog", "a blue car"], num_inference_steps=2, batch_size=2)
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
-    again = render(loaded, ["a red dog"], num_inference_steps=3)
+    again = render(loaded, ["a red dog"], num_inference_steps=2)
     # a prompt + seed always gives the same image (up to one grey level of batched float rounding)
     assert np.abs(again[0].astype(int) - images[0]).max() <= 1
-    edited = render(loaded, ["a red dog"], num_inference_steps=3, image=data.test.images[:1], strength=0.8)
-    assert edited.shape == (1, 64, 64, 3)
+    # (img2img through the same parts runs in test_train_world_recipe_end_to_end's evaluation)
 
 
 def test_background_classifier_reads_simnsd_backgrounds(world_data):
@@ -149,10 +148,11 @@ def test_train_world_recipe_end_to_end(simnsd_root, nsd_cache_dir, tmp_path):
     out = tmp_path / "world"
     argv = ["--config", os.path.join(os.path.dirname(__file__), "..", "recipes", "configs", "world_simnsd.yaml"),
             "--output_dir", str(out), "--work_dir", str(tmp_path / "work"), "--nsd_root", simnsd_root,
-            "--datasets_cache_dir", nsd_cache_dir, "--max_train_images", "48", "--diffusion_eval_images", "4",
+            "--datasets_cache_dir", nsd_cache_dir, "--max_train_images", "48", "--diffusion_eval_images", "2",
+            "--diffusion_eval_steps", "2",
             "--progress", "false", "--clip_epochs", "1", "--gpt2_epochs", "1", "--vae_steps", "3",
             "--vae_full_image_steps", "1", "--unet_steps", "3", "--ldm_subjects", "subj01",
-            "--ldm_max_train_rows", "120", "--ldm_alphas", "1.0", "100.0", "10000.0"]
+            "--ldm_max_train_rows", "80", "--ldm_alphas", "1.0", "100.0", "10000.0"]
     for key, value in {**TINY_CLIP, **TINY_GPT2, **TINY_VAE, **TINY_UNET}.items():
         argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
     records = recipe.main(argv)
