@@ -1,0 +1,180 @@
+"""Every SimNSD world component trains from scratch for a few steps (tiny sizes), saves, and loads by its class."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fgb2i_hf.world.clip import CLIPTrainingConfig, contrastive_loss, train_clip
+from fgb2i_hf.world.data import load_world_data
+from fgb2i_hf.world.diffusion import UNetTrainingConfig, background_of, render, train_unet
+from fgb2i_hf.world.gpt2 import GPT2TrainingConfig, perplexity, train_gpt2
+from fgb2i_hf.world.text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer
+from fgb2i_hf.world.vae import VAETrainingConfig, reconstruction_error, train_vae
+
+TINY_CLIP = dict(clip_embed_dim=16, clip_vision_width=32, clip_vision_layers=1, clip_text_width=16,
+                 clip_text_heads=2, clip_text_layers=1, clip_context_length=40, clip_batch_size=32,
+                 clip_warmup_steps=2)
+TINY_GPT2 = dict(gpt2_vocab_size=300, gpt2_n_embd=32, gpt2_n_layer=1, gpt2_n_head=2, gpt2_batch_size=32,
+                 gpt2_warmup_steps=2, gpt2_dropout=0.0)
+TINY_VAE = dict(vae_block_out_channels=[8, 16, 16], vae_norm_num_groups=4, vae_batch_size=8, vae_warmup_steps=2)
+TINY_UNET = dict(unet_block_out_channels=[16, 32], unet_attention_levels=[1], unet_attention_heads=2,
+                 unet_norm_num_groups=4, unet_batch_size=8, unet_warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def world_data(simnsd_root, nsd_cache_dir):
+    return load_world_data(simnsd_root, cache_dir=nsd_cache_dir)
+
+
+def test_world_data_splits(world_data):
+    assert len(world_data.train) == 2600 and len(world_data.test) == 100  # 4 x 650 own images; 100 shared
+    assert not set(world_data.train.nsd_ids.tolist()) & set(world_data.test.nsd_ids.tolist())
+    assert world_data.train.images.shape == (2600, 64, 64, 3) and world_data.train.images.dtype == np.uint8
+    assert all(len(c) == 5 for c in world_data.test.captions) and all(len(f) == 1 for f in world_data.test.fine_captions)
+    owner, texts = world_data.test.caption_pairs()
+    assert len(texts) == 600 and owner.max() == 99
+
+
+def test_contrastive_loss_ignores_duplicate_captions():
+    emb = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    scale = torch.tensor(np.log(10.0))
+    perfect = contrastive_loss(emb, emb, scale, ["a", "b", "c"])
+    # the same string for rows 0 and 1: they are no longer each other's negatives, so the loss can only drop
+    assert contrastive_loss(emb, emb, scale, ["a", "a", "c"]) < perfect
+
+
+def test_clip_trains_and_round_trips(world_data, tmp_path):
+    from fgb2i_hf.clip import CLIPScorer
+
+    data = world_data.subset(train=64, test=16)
+    config = CLIPTrainingConfig(clip_epochs=12, **{**TINY_CLIP, "clip_learning_rate": 3e-3})
+    scorer, record = train_clip(config, data, progress=False)
+    assert record["steps"] == 24 and np.isfinite(record["final_loss"])
+    assert record["final_loss"] < record["initial_loss"] - 0.3  # learned something about its 64 images
+    test = record["metrics"]["test"]
+    assert test["fine_captions"]["image_to_caption_chance"] == pytest.approx(1 / 16)
+    scorer.save_pretrained(tmp_path)
+    loaded = CLIPScorer.from_pretrained(str(tmp_path))
+    texts = data.test.fine_captions[0] + data.test.captions[0]
+    torch.testing.assert_close(loaded.encode_text(texts), scorer.encode_text(texts))
+    torch.testing.assert_close(loaded.encode_images(data.test.images[:4]), scorer.encode_images(data.test.images[:4]))
+
+
+def test_gpt2_trains_and_loads_frozen_into_brain_model(world_data, tmp_path):
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from fgb2i_hf import BrainPrefixGPT2
+
+    data = world_data.subset(train=100, test=20)
+    config = GPT2TrainingConfig(gpt2_epochs=2, **{**TINY_GPT2, "gpt2_learning_rate": 1e-2})
+    model, tokenizer, record = train_gpt2(config, data, progress=False)
+    # 38 steps take the model far below the uniform guess over its vocabulary
+    assert record["metrics"]["test_perplexity"] < len(tokenizer) / 4
+    assert tokenizer.eos_token_id == 0 and tokenizer.pad_token is None
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path)
+    reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    texts = data.test.fine_captions[0]
+    assert reloaded_tokenizer(texts).input_ids == tokenizer(texts).input_ids
+    assert perplexity(reloaded, reloaded_tokenizer, texts) == pytest.approx(perplexity(model, tokenizer, texts), rel=1e-5)
+    brain = BrainPrefixGPT2.from_language_model(str(tmp_path), {"subj01": 20}, prefix_length=4, mapper_layers=1)
+    assert not any(p.requires_grad for p in brain.gpt2.parameters())
+    torch.testing.assert_close(brain.gpt2.transformer.wte.weight, reloaded.transformer.wte.weight)
+
+
+def test_vae_and_unet_train_into_a_loadable_stable_diffusion_pipeline(world_data, tmp_path):
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    from fgb2i_hf.clip import CLIPScorer
+
+    data = world_data.subset(train=48, test=8)
+    vae, vae_record = train_vae(VAETrainingConfig(vae_steps=12, vae_full_image_steps=2, **TINY_VAE), data,
+                                progress=False)
+    assert vae_record["latent_shape"] == [4, 16, 16]
+    # scaling_factor = 1 / std of the train latents
+    assert vae.config.scaling_factor == pytest.approx(vae_record["scaling_factor"])
+    untrained = VAETrainingConfig(**TINY_VAE).model()
+    assert reconstruction_error(vae, data.test.images)["mae_255"] < reconstruction_error(untrained, data.test.images)["mae_255"]
+
+    scorer = CLIPScorer.from_config(CLIPTrainingConfig(**TINY_CLIP).model_config())
+    text_encoder = convert_open_clip_text_to_hf(scorer)
+    tokenizer = world_clip_tokenizer(40)
+    pipe, record = train_unet(UNetTrainingConfig(unet_steps=6, **TINY_UNET), data, vae, text_encoder, tokenizer,
+                              progress=False)
+    assert record["steps"] == 6 and np.isfinite(record["final_loss"]) and record["train_pairs"] == 48 * 6
+    assert pipe.unet.config.cross_attention_dim == 16 and pipe.unet.config.sample_size == 16
+    pipe.save_pretrained(tmp_path)
+    index = json.load(open(tmp_path / "model_index.json"))
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["safety_checker"] == [None, None]
+    scheduler = json.load(open(tmp_path / "scheduler" / "scheduler_config.json"))
+    assert scheduler["steps_offset"] == 1 and scheduler["prediction_type"] == "v_prediction"
+    loaded = DiffusionPipeline.from_pretrained(str(tmp_path))
+    assert isinstance(loaded, StableDiffusionPipeline) and loaded.unet.dtype == torch.float32
+    images = render(loaded, ["a red dog", "a blue car"], num_inference_steps=2, batch_size=2)
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+    again = render(loaded, ["a red dog"], num_inference_steps=2)
+    # a prompt + seed always gives the same image (up to one grey level of batched float rounding)
+    assert np.abs(again[0].astype(int) - images[0]).max() <= 1
+    # (img2img through the same parts runs in test_train_world_recipe_end_to_end's evaluation)
+
+
+def test_background_classifier_reads_simnsd_backgrounds(world_data):
+    from fgb2i_hf.world.diffusion import background_in_caption
+
+    data = world_data.test
+    truth = [background_in_caption(f[0]) for f in data.fine_captions]
+    assert None not in truth and len(set(truth)) == 4
+    accuracy = np.mean([background_of(im) == t for im, t in zip(data.images, truth)])
+    assert accuracy >= 0.97
+    # control: a constant grey image is a street, a sky-over-blue one water
+    assert background_of(np.full((64, 64, 3), (95, 95, 100), np.uint8)) == "street"
+
+
+def test_train_world_recipe_end_to_end(simnsd_root, nsd_cache_dir, tmp_path):
+    """recipes/train_world.py with tiny sizes: all four components written with their records."""
+    import importlib.util
+
+    from fgb2i_hf.decoders import RidgeDecoder
+    from fgb2i_hf.world.io import read_record
+
+    spec = importlib.util.spec_from_file_location("train_world", os.path.join(os.path.dirname(__file__), "..",
+                                                                              "recipes", "train_world.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    out = tmp_path / "world"
+    argv = ["--config", os.path.join(os.path.dirname(__file__), "..", "recipes", "configs", "world_simnsd.yaml"),
+            "--output_dir", str(out), "--work_dir", str(tmp_path / "work"), "--nsd_root", simnsd_root,
+            "--datasets_cache_dir", nsd_cache_dir, "--max_train_images", "48", "--diffusion_eval_images", "2",
+            "--diffusion_eval_steps", "2",
+            "--progress", "false", "--clip_epochs", "1", "--gpt2_epochs", "1", "--vae_steps", "3",
+            "--vae_full_image_steps", "1", "--unet_steps", "3", "--ldm_subjects", "subj01",
+            "--ldm_max_train_rows", "80", "--ldm_alphas", "1.0", "100.0", "10000.0"]
+    for key, value in {**TINY_CLIP, **TINY_GPT2, **TINY_VAE, **TINY_UNET}.items():
+        argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
+    records = recipe.main(argv)
+    assert set(records) == {"clip", "gpt2", "diffusion", "ldm_base"}
+    for name in records:
+        record = read_record(str(out / name))
+        assert record["component"] == f"simnsd/{name}" and record["storage_dtype"] == "float16"
+        assert record["versions"]["torch"] == torch.__version__ and record["world_config"]["seed"] == 0
+    assert read_record(str(out / "clip"))["component_config"]["clip_text_width"] == 16
+    # float16 on disk, float32 when loaded
+    from safetensors import safe_open
+
+    with safe_open(str(out / "diffusion" / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    decoder = RidgeDecoder.from_pretrained(str(out / "ldm_base" / "subj01" / "z"))
+    assert decoder.target_shape == (4, 16, 16) and decoder.config.subject == "subj01"
+    c = RidgeDecoder.from_pretrained(str(out / "ldm_base" / "subj01" / "c"))
+    assert c.target_shape == (40, 16)
+    assert (out / "ldm_base" / "metrics.json").exists() and not (out / "ldm_base" / "targets").exists()
+    assert (tmp_path / "work" / "diffusion_samples.png").exists()
+    # a second run of one component replaces only that folder
+    before = read_record(str(out / "gpt2"))
+    recipe.main(argv + ["--components", "clip"])
+    assert read_record(str(out / "gpt2")) == before
+    assert not [p for p in os.listdir(out) if p.startswith(".")]  # no scratch folders left behind
