@@ -1,11 +1,12 @@
 """`make demo`: the whole FgB2I pipeline on SimNSD, step by step.
 
-Steps so far: simulate SimNSD in NSD's raw layout -> build the NSD datasets -> summarise them -> train the
+Steps: simulate SimNSD in NSD's raw layout -> build the NSD datasets -> summarise them -> train the
 brain-to-text model with cross-entropy (stage 1, recipes/configs/sim_tiny.yaml) and compare its decoded test
-captions with the truth and with the shuffled-brain control -> stage 2: REINFORCE co-training with the object
-reward from the stage-1 model (recipes/train_rl.py with recipes/configs/sim_tiny_rl.yaml, a short run) and the
-CE vs CE+RL table.
-Later stages (reinforcement, reconstruction, evaluation) add their own step functions below.
+captions with the truth and with the shuffled-brain control -> stage 2: REINFORCE co-training from the stage-1
+model (recipes/train_rl.py with recipes/configs/sim_tiny_rl.yaml, a short run) and the CE vs CE+RL table ->
+decode and score the test captions of both stages beside the control and the noise-free ceiling -> reconstruct
+test images with the LDM base and LDM + FgB2I on the shipped SimNSD world -> the eight image metrics ->
+<output_dir>/report.md and grid.png (GT | base | FgB2I).
 
     python examples/demo.py --output-dir demo_output
 """
@@ -17,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import textwrap
 import time
 
@@ -24,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from fgb2i_hf.data import NSDStimuli, load_nsd, load_simnsd_config, simulate_nsd, voxel_stats
+from fgb2i_hf.metrics import format_table
 
 SUBJECTS = ["subj01", "subj02", "subj05", "subj07"]
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -177,7 +180,6 @@ def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100,
 def print_rl_report(ce_run_dir: str, rl_run_dir: str) -> dict:
     """The stage-1 model's test scores next to the stage-2 model's (deltas against stage 1), on the columns both
     runs report, plus the object reward's test mean for both; writes <rl_run_dir>/ce_vs_rl.md."""
-    from fgb2i_hf.metrics import format_table
     from fgb2i_hf.rewards import object_accuracy
 
     ce = json.load(open(os.path.join(ce_run_dir, "eval_test.json"), encoding="utf-8"))["rows"]["brain"]
@@ -194,6 +196,149 @@ def print_rl_report(ce_run_dir: str, rl_run_dir: str) -> dict:
     return {"CE (stage 1)": ce, "CE + RL (stage 2)": rl}
 
 
+
+# -- stage 3 and the report: captions (CE vs CE + RL), reconstructions (base vs base + FgB2I), grid --------------------
+
+REPORT_CAPTION_METRICS = ["BLEU-4", "METEOR", "CIDEr"]
+REPORT_CAPTION_COLUMNS = ["BLEU-4", "METEOR", "CIDEr", "CLIP-S", "object F1", "reward clip_text_image"]
+
+
+def _load_brain_model(folder: str):
+    from transformers import AutoTokenizer
+
+    from fgb2i_hf import BrainPrefixGPT2
+
+    return BrainPrefixGPT2.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def noiseless_rows(root: str, dd, split: str = "test"):
+    """The split with each row's betas replaced by SimNSD's noise-free response to its image, normalised as the
+    build normalised the real betas: the ceiling a perfect measurement would give."""
+    from fgb2i_hf.data import noiseless_response, voxel_stats
+
+    rows = dd[split]
+    subjects, ids = list(rows["subject"]), list(rows["nsd_id"])
+    betas = [None] * len(rows)
+    for subject in dict.fromkeys(subjects):
+        index = [i for i, s in enumerate(subjects) if s == subject]
+        clean = voxel_stats(dd, subject).normalize(noiseless_response(root, subject, [ids[i] for i in index]))
+        for i, b in zip(index, clean):
+            betas[i] = b.astype(np.float16).tolist()
+    return rows.remove_columns("betas").add_column("betas", betas, feature=rows.features["betas"])
+
+
+def caption_table(root: str, dd, ce_dir: str, rl_dir: str, clip) -> tuple[dict, dict]:
+    """Test-split caption scores of stage 1 and stage 2 (greedy), the shuffled-brain control (stage 2's model, brains
+    permuted within each subject) and the ceiling (stage 2's model on the noise-free responses). Returns the table's
+    rows and the captions of every row."""
+    from fgb2i_hf.data import NSDStimuli
+    from fgb2i_hf.evaluation import caption_report, decode_dataset
+    from fgb2i_hf.metrics import MeteorScorer, clip_score
+    from fgb2i_hf.rewards import CLIPTextImageReward
+
+    test = dd["test"]
+    stimuli = NSDStimuli(root)
+    images = stimuli.get(list(test["nsd_id"]))
+    reward = CLIPTextImageReward(clip, stimuli=stimuli)
+    ce_model, ce_tok = _load_brain_model(os.path.join(ce_dir, "final"))
+    rl_model, rl_tok = _load_brain_model(os.path.join(rl_dir, "final"))
+    captions = {
+        "CE (stage 1)": decode_dataset(ce_model, ce_tok, test, progress=False),
+        "CE + RL (stage 2)": decode_dataset(rl_model, rl_tok, test, progress=False),
+        "shuffled-brain control": decode_dataset(rl_model, rl_tok, test, shuffle_betas=True, progress=False),
+        "ceiling: noise-free brains": decode_dataset(rl_model, rl_tok, noiseless_rows(root, dd), progress=False),
+    }
+    meteor = MeteorScorer()
+    rows = {}
+    try:
+        for name, predictions in captions.items():
+            row = caption_report(predictions, test, metrics=REPORT_CAPTION_METRICS, meteor=meteor,
+                                 rewards={"clip_text_image": reward})
+            row["CLIP-S"] = clip_score(predictions, images, scorer=clip)["CLIP-S"]
+            rows[name] = row
+    finally:
+        meteor.close()
+    return rows, captions
+
+
+def step_reconstruct(root: str, dd, output_dir: str, rl_dir: str, subject: str = "subj01", n_images: int = 16,
+                     w: float = 0.5, fresh: bool = False) -> dict:
+    """LDM-style reconstruction of ``n_images`` test images of ``subject`` with the shipped SimNSD world: the base
+    (ridge z and c, w = 0) and base + FgB2I (the stage-2 model's caption fused with c at weight ``w``)."""
+    import shutil
+
+    from fgb2i_hf.pipelines.reconstruct import ReconstructConfig, reconstruct
+    from fgb2i_hf.world import resolve_pretrained
+
+    out = os.path.join(output_dir, "reconstruct")
+    if fresh and os.path.isdir(out):
+        shutil.rmtree(out)
+    config = ReconstructConfig(nsd_root=root, output_dir=out, base="ldm", subject=subject, split="test",
+                               max_samples=n_images, diffusion_model="simnsd/diffusion",
+                               decoders_dir=resolve_pretrained("simnsd/ldm_base"),
+                               brain_model=os.path.join(rl_dir, "final"), w=w, batch_size=8, device="cpu",
+                               grid_rows=8, seed=0)
+    print(f"\n[reconstruct] {subject}, {n_images} test images: LDM base (ridge z + c) vs LDM + FgB2I (w = {w:g}), "
+          "simnsd/diffusion + simnsd/ldm_base")
+    t = time.time()
+    summary = reconstruct(config, dataset=dd["test"])
+    print(f"[reconstruct] {summary['reconstructed_now']} images now ({time.time() - t:.1f} s); grid in "
+          f"{summary['grid']}")
+    return summary
+
+
+def image_table(root: str, recon: dict, clip) -> dict:
+    """The eight image metrics of the base and base + FgB2I reconstructions. CLIP is the shipped SimNSD CLIP;
+    AlexNet, Inception, EfficientNet and SwAV have random weights here (no downloads): their columns are mechanics."""
+    from fgb2i_hf.metrics import load_feature_models, reconstruction_metrics
+    from fgb2i_hf.pipelines.reconstruct import load_images
+
+    ids = recon["nsd_ids"]
+    gt = NSDStimuli(root).get(ids)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        models = load_feature_models(pretrained=False, clip=clip, device="cpu")
+    rows = {}
+    for name, folder in (("LDM (base)", "base"), ("LDM + FgB2I", "fgb2i")):
+        images = load_images(os.path.join(recon["output_dir"], folder), ids)
+        rows[name] = reconstruction_metrics(gt, images, feature_extractors=models, progress=False)
+    return rows
+
+
+def write_report(output_dir: str, caption_rows: dict, image_rows: dict, recon: dict, seconds: dict) -> str:
+    """demo_output/report.md: the paper's two tables on SimNSD, the grid, and what each number is."""
+    lines = [
+        "# FgB2I on SimNSD (`make demo`)", "",
+        "Simulated NSD (tiny, seed 0): subjects 1, 2, 5, 7; 100 shared test images. Every model is the SimNSD "
+        "world's (`simnsd/clip`, `simnsd/diffusion`, `simnsd/ldm_base`) or trained in this run (the brain-to-text "
+        "model). Numbers are as measured by this run.", "",
+        "## Captions (test split, 4 subjects x 100 images, greedy; deltas against stage 1)", "",
+        format_table(caption_rows, baseline="CE (stage 1)", columns=REPORT_CAPTION_COLUMNS), "",
+        "References: the fine captions. CLIP-S (w = 2.5) and the `clip_text_image` reward use the SimNSD CLIP. "
+        "Shuffled-brain control: the stage-2 model given another row's betas of the same subject (the floor). "
+        "Ceiling: the stage-2 model given SimNSD's noise-free response to each image, normalised like the real "
+        "betas (what a noiseless measurement would allow this model).", "",
+        f"## Images ({recon['images']} test images of subj01; deltas against the base)", "",
+        format_table(image_rows, baseline="LDM (base)"), "",
+        "LDM (base): Takagi & Nishimoto's method on the SimNSD world (ridge z -> VAE latent, img2img at strength "
+        "0.8 conditioned on ridge c, DDIM 50 steps, guidance 5). LDM + FgB2I: the same, with c replaced by "
+        "0.5 x CLIP-text(decoded caption) + 0.5 x c; both share their noise. CLIP two-way uses the SimNSD CLIP; "
+        "PixCorr and SSIM need no network; AlexNet, InceptionV3, EffNet-B and SwAV have random weights here (no "
+        "downloads): those columns show the mechanics, not perceptual similarity.", "",
+        "## Grid", "", "![GT | LDM | LDM + FgB2I](grid.png)", "",
+        "Columns: ground truth (its fine caption below), the base, base + FgB2I (the decoded caption below).", "",
+        "## Time (seconds)", "",
+        "| step | s |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in seconds.items()], "",
+    ]
+    path = os.path.join(output_dir, "report.md")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="demo_output", help="where SimNSD, the datasets and the report go")
@@ -203,7 +348,9 @@ def main(argv=None):
     parser.add_argument("--rl-steps", type=int, default=100, help="stage-2 optimiser steps (batch 32)")
     parser.add_argument("--rl-object-weight", type=float, default=0.1,
                         help="weight of the object reward (the paper's 0.01 barely moves a short SimNSD run)")
+    parser.add_argument("--images", type=int, default=16, help="test images of subj01 to reconstruct")
     args = parser.parse_args(argv)
+    start, seconds = time.time(), {}
     os.makedirs(args.output_dir, exist_ok=True)
     root = step_simulate(args.output_dir, args.seed, args.fresh)
     dd = step_build(root, args.output_dir)
@@ -211,11 +358,38 @@ def main(argv=None):
     t = time.time()
     run_dir = step_train_ce(root, args.output_dir, args.ce_epochs, args.fresh)
     print_ce_report(run_dir)
-    print(f"[train CE] step time {time.time() - t:.1f} s")
+    seconds["stage 1 (CE)"] = time.time() - t
+    print(f"[train CE] step time {seconds['stage 1 (CE)']:.1f} s")
     t = time.time()
     rl_dir = step_train_rl(root, args.output_dir, run_dir, args.rl_steps, args.rl_object_weight, args.fresh)
     print_rl_report(run_dir, rl_dir)
-    print(f"[train RL] step time {time.time() - t:.1f} s")
+    seconds["stage 2 (RL)"] = time.time() - t
+    print(f"[train RL] step time {seconds['stage 2 (RL)']:.1f} s")
+
+    from fgb2i_hf.clip import CLIPScorer
+
+    if args.seed != 0:
+        print("[reconstruct] note: the shipped simnsd/ldm_base decoders were fitted on SimNSD seed 0; with "
+              f"--seed {args.seed} the subjects' voxels respond differently and the base method sees noise")
+    clip = CLIPScorer.from_pretrained("simnsd/clip")
+    t = time.time()
+    caption_rows, _ = caption_table(root, dd, run_dir, rl_dir, clip)
+    seconds["caption evaluation"] = time.time() - t
+    print("\nCaptions, test split (CLIP-S and the CLIP reward with simnsd/clip; deltas against stage 1):\n")
+    print(format_table(caption_rows, baseline="CE (stage 1)", columns=REPORT_CAPTION_COLUMNS))
+    t = time.time()
+    recon = step_reconstruct(root, dd, args.output_dir, rl_dir, n_images=args.images, fresh=args.fresh)
+    seconds["reconstruction"] = time.time() - t
+    t = time.time()
+    image_rows = image_table(root, recon, clip)
+    seconds["image evaluation"] = time.time() - t
+    print("\nImages (base vs base + FgB2I):\n")
+    print(format_table(image_rows, baseline="LDM (base)"))
+    shutil.copyfile(recon["grid"], os.path.join(args.output_dir, "grid.png"))
+    seconds["total"] = time.time() - start
+    report = write_report(args.output_dir, caption_rows, image_rows, recon, seconds)
+    print(f"\n[report] {report} and {os.path.join(args.output_dir, 'grid.png')} written; "
+          f"demo time {seconds['total']:.1f} s")
 
 
 if __name__ == "__main__":
