@@ -92,7 +92,7 @@ def test_vae_and_unet_train_into_a_loadable_stable_diffusion_pipeline(world_data
     from fgb2i_hf.clip import CLIPScorer
 
     data = world_data.subset(train=48, test=8)
-    vae, vae_record = train_vae(VAETrainingConfig(vae_steps=12, vae_full_image_steps=2, **TINY_VAE), data,
+    vae, vae_record = train_vae(VAETrainingConfig(vae_steps=6, vae_full_image_steps=1, **TINY_VAE), data,
                                 progress=False)
     assert vae_record["latent_shape"] == [4, 16, 16]
     # scaling_factor = 1 / std of the train latents
@@ -103,9 +103,9 @@ def test_vae_and_unet_train_into_a_loadable_stable_diffusion_pipeline(world_data
     scorer = CLIPScorer.from_config(CLIPTrainingConfig(**TINY_CLIP).model_config())
     text_encoder = convert_open_clip_text_to_hf(scorer)
     tokenizer = world_clip_tokenizer(40)
-    pipe, record = train_unet(UNetTrainingConfig(unet_steps=6, **TINY_UNET), data, vae, text_encoder, tokenizer,
+    pipe, record = train_unet(UNetTrainingConfig(unet_steps=4, **TINY_UNET), data, vae, text_encoder, tokenizer,
                               progress=False)
-    assert record["steps"] == 6 and np.isfinite(record["final_loss"]) and record["train_pairs"] == 48 * 6
+    assert record["steps"] == 4 and np.isfinite(record["final_loss"]) and record["train_pairs"] == 48 * 6
     assert pipe.unet.config.cross_attention_dim == 16 and pipe.unet.config.sample_size == 16
     pipe.save_pretrained(tmp_path)
     index = json.load(open(tmp_path / "model_index.json"))
