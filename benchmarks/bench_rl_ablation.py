@@ -347,9 +347,12 @@ def main(argv=None) -> dict[str, Any]:
              f"Weights: the paper's {args.paper_weight:g}" + (f", and {args.scaled_weights} for {args.scaled_rows}"
                                                               if scaled_weights else "") + " (named in each row).",
              f"Deltas in brackets are against '{BASELINE_ROW}' (the CE loss alone for the same steps)."]
-    if args.clip_model == RANDOM_TINY or args.renderer == RANDOM_TINY:
-        notes.append(f"CLIP model '{args.clip_model}', renderer '{args.renderer}': random tiny weights, so the "
-                     "CLIP rewards (and the +L_ti/+L_ii/all-three rows) show mechanics and cost only, not an effect.")
+    random_parts = [f"{what} '{name}'" for what, name in (("CLIP model", args.clip_model), ("renderer", args.renderer))
+                    if name == RANDOM_TINY]
+    if random_parts:
+        affected = "CLIP rewards and all CLIP rows" if args.clip_model == RANDOM_TINY else "+L_ii and all-three rows"
+        notes.append(f"{' and '.join(random_parts)}: random tiny weights, so the {affected} show mechanics and cost "
+                     "only, not an effect.")
     markdown = "\n".join([table["markdown"], "", *[f"- {n}" for n in notes], *[f"- {v}" for v in result["verdict"]]])
     result["markdown"] = markdown
     for path, text in ((os.path.join(args.output_dir, "ablation.md"), markdown + "\n"),

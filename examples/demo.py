@@ -143,13 +143,15 @@ def _load_train_rl():
 
 
 def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100, object_weight: float = 0.1,
-                  fresh: bool = False) -> str:
+                  clip_weight: float = 1.0, fresh: bool = False) -> str:
     """Stage 2 with recipes/train_rl.py and sim_tiny_rl.yaml from the stage-1 model in ``ce_run_dir``: CE + the
-    object reward (REINFORCE, K samples per brain), ``steps`` optimiser steps (the yaml's one epoch is ~240 steps),
-    then greedy test captions scored; reused if <output_dir>/rl/final exists. Returns the run's folder.
+    object reward + the CLIP text-image reward (simnsd/clip; REINFORCE, K samples per brain), ``steps`` optimiser
+    steps (the yaml's one epoch is ~240 steps), then greedy test captions scored; reused if <output_dir>/rl/final
+    exists. Returns the run's folder.
 
-    ``object_weight``: the paper's α is 0.01; on SimNSD tiny it hardly moves the model in 100 steps, while 0.1 raises
-    object F1 at no cost in CE loss (benchmarks/bench_rl_ablation.py, docs/rl.md), so the demo uses 0.1."""
+    Weights: the paper's are 0.01; on SimNSD tiny they hardly move the model in 100 steps, while object 0.1 raises
+    object F1 at no cost in CE loss and CLIP 1.0 raises the CLIP reward (benchmarks/bench_rl_ablation.py,
+    docs/rl.md), so the demo uses those."""
     from trl import TrlParser
 
     from fgb2i_hf.rl import ReinforceConfig
@@ -165,7 +167,7 @@ def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100,
     train_rl = _load_train_rl()
     argv = ["--config", SIM_TINY_RL, "--model_name_or_path", os.path.join(ce_run_dir, "final"), "--nsd_root", root,
             "--cache_dir", os.path.join(output_dir, "hf_datasets"), "--output_dir", out, "--max_steps", str(steps),
-            "--reward_weights", str(object_weight), "--logging_steps", str(max(steps // 4, 1))]
+            "--reward_weights", str(object_weight), str(clip_weight), "--logging_steps", str(max(steps // 4, 1))]
     script_args, config = TrlParser((train_rl.RLScriptArguments, ReinforceConfig)).parse_args_and_config(args=argv)
     print(f"\n[train RL] {config.num_samples} samples per brain, rewards {config.rewards} x {config.reward_weights}, "
           f"baseline {config.baseline}, {steps} steps of {config.per_device_train_batch_size} brains "
@@ -348,6 +350,8 @@ def main(argv=None):
     parser.add_argument("--rl-steps", type=int, default=100, help="stage-2 optimiser steps (batch 32)")
     parser.add_argument("--rl-object-weight", type=float, default=0.1,
                         help="weight of the object reward (the paper's 0.01 barely moves a short SimNSD run)")
+    parser.add_argument("--rl-clip-weight", type=float, default=1.0,
+                        help="weight of the CLIP text-image reward (simnsd/clip; the paper's 0.01 barely moves it)")
     parser.add_argument("--images", type=int, default=16, help="test images of subj01 to reconstruct")
     args = parser.parse_args(argv)
     start, seconds = time.time(), {}
@@ -361,7 +365,8 @@ def main(argv=None):
     seconds["stage 1 (CE)"] = time.time() - t
     print(f"[train CE] step time {seconds['stage 1 (CE)']:.1f} s")
     t = time.time()
-    rl_dir = step_train_rl(root, args.output_dir, run_dir, args.rl_steps, args.rl_object_weight, args.fresh)
+    rl_dir = step_train_rl(root, args.output_dir, run_dir, args.rl_steps, args.rl_object_weight, args.rl_clip_weight,
+                           args.fresh)
     print_rl_report(run_dir, rl_dir)
     seconds["stage 2 (RL)"] = time.time() - t
     print(f"[train RL] step time {seconds['stage 2 (RL)']:.1f} s")

@@ -251,7 +251,7 @@ def test_sim_tiny_rl_config_reads_the_ce_output():
         args=["--config", os.path.join(CONFIGS, "sim_tiny_rl.yaml")])
     assert script.model_name_or_path == os.path.join(ce_out, "final")
     assert script.nsd_root == ce.nsd_root and script.subjects == ce.subjects
-    assert rl.rewards == ["object_accuracy"]
+    assert rl.rewards == ["object_accuracy", "clip_text_image"] and script.clip_model == "simnsd/clip"
 
 
 def test_unknown_config_key_is_refused(tmp_path):
