@@ -179,6 +179,40 @@ def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100,
     return out
 
 
+def step_train_ce_only(root: str, output_dir: str, ce_run_dir: str, steps: int = 100, fresh: bool = False) -> str:
+    """The control for stage 2: the stage-1 model trained on with the CE loss alone, for the same steps, batch and
+    learning rate as the RL step (sim_tiny_rl.yaml with no reward). More training changes the captions by itself;
+    this row tells that apart from what the rewards do. Returns the run's folder (``final`` inside)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+    from trl import TrlParser
+
+    from fgb2i_hf import BrainPrefixGPT2
+    from fgb2i_hf.rl import ReinforceConfig, ReinforceTrainer
+
+    out = os.path.join(output_dir, "rl_ce_only")
+    if not fresh and os.path.isdir(os.path.join(out, "final")):
+        print(f"[train CE only] reusing {out}")
+        return out
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    train_rl = _load_train_rl()
+    argv = ["--config", SIM_TINY_RL, "--model_name_or_path", os.path.join(ce_run_dir, "final"), "--nsd_root", root,
+            "--output_dir", out, "--max_steps", str(steps), "--logging_steps", str(max(steps // 4, 1))]
+    _, config = TrlParser((train_rl.RLScriptArguments, ReinforceConfig)).parse_args_and_config(args=argv)
+    config.rewards, config.reward_weights = [], []
+    train = load_nsd(root, subjects=SUBJECTS, cache_dir=os.path.join(output_dir, "hf_datasets"))["train"]
+    model = BrainPrefixGPT2.from_pretrained(os.path.join(ce_run_dir, "final"))
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(ce_run_dir, "final"))
+    t = time.time()
+    trainer = ReinforceTrainer(model, tokenizer, config, train, rewards=[])
+    trainer.train()
+    trainer.save_model()
+    print(f"[train CE only] {steps} steps of the CE loss alone in {time.time() - t:.1f} s (the control for stage 2)")
+    return out
+
+
 def print_rl_report(ce_run_dir: str, rl_run_dir: str) -> dict:
     """The stage-1 model's test scores next to the stage-2 model's (deltas against stage 1), on the columns both
     runs report, plus the object reward's test mean for both; writes <rl_run_dir>/ce_vs_rl.md."""
@@ -202,6 +236,7 @@ def print_rl_report(ce_run_dir: str, rl_run_dir: str) -> dict:
 # -- stage 3 and the report: captions (CE vs CE + RL), reconstructions (base vs base + FgB2I), grid --------------------
 
 REPORT_CAPTION_METRICS = ["BLEU-4", "METEOR", "CIDEr"]
+CE_ONLY_ROW = "CE only, same steps as stage 2"
 REPORT_CAPTION_COLUMNS = ["BLEU-4", "METEOR", "CIDEr", "CLIP-S", "object F1", "reward clip_text_image"]
 
 
@@ -229,10 +264,11 @@ def noiseless_rows(root: str, dd, split: str = "test"):
     return rows.remove_columns("betas").add_column("betas", betas, feature=rows.features["betas"])
 
 
-def caption_table(root: str, dd, ce_dir: str, rl_dir: str, clip) -> tuple[dict, dict]:
-    """Test-split caption scores of stage 1 and stage 2 (greedy), the shuffled-brain control (stage 2's model, brains
-    permuted within each subject) and the ceiling (stage 2's model on the noise-free responses). Returns the table's
-    rows and the captions of every row."""
+def caption_table(root: str, dd, ce_dir: str, rl_dir: str, clip, ce_only_dir: str | None = None) -> tuple[dict, dict]:
+    """Test-split caption scores of stage 1, of stage 1 trained on with CE alone for the stage-2 steps (the control
+    for "more training"), of stage 2 (greedy), the shuffled-brain control (stage 2's model, brains permuted within
+    each subject) and the ceiling (stage 2's model on the noise-free responses). Returns the table's rows and the
+    captions of every row."""
     from fgb2i_hf.data import NSDStimuli
     from fgb2i_hf.evaluation import caption_report, decode_dataset
     from fgb2i_hf.metrics import MeteorScorer, clip_score
@@ -244,8 +280,11 @@ def caption_table(root: str, dd, ce_dir: str, rl_dir: str, clip) -> tuple[dict, 
     reward = CLIPTextImageReward(clip, stimuli=stimuli)
     ce_model, ce_tok = _load_brain_model(os.path.join(ce_dir, "final"))
     rl_model, rl_tok = _load_brain_model(os.path.join(rl_dir, "final"))
-    captions = {
-        "CE (stage 1)": decode_dataset(ce_model, ce_tok, test, progress=False),
+    captions = {"CE (stage 1)": decode_dataset(ce_model, ce_tok, test, progress=False)}
+    if ce_only_dir is not None:
+        model, tok = _load_brain_model(os.path.join(ce_only_dir, "final"))
+        captions[CE_ONLY_ROW] = decode_dataset(model, tok, test, progress=False)
+    captions |= {
         "CE + RL (stage 2)": decode_dataset(rl_model, rl_tok, test, progress=False),
         "shuffled-brain control": decode_dataset(rl_model, rl_tok, test, shuffle_betas=True, progress=False),
         "ceiling: noise-free brains": decode_dataset(rl_model, rl_tok, noiseless_rows(root, dd), progress=False),
@@ -309,15 +348,19 @@ def image_table(root: str, recon: dict, clip) -> dict:
     return rows
 
 
-def write_report(output_dir: str, caption_rows: dict, image_rows: dict, recon: dict, seconds: dict) -> str:
+def write_report(output_dir: str, caption_rows: dict, image_rows: dict, recon: dict, seconds: dict,
+                 rl_settings: str) -> str:
     """demo_output/report.md: the paper's two tables on SimNSD, the grid, and what each number is."""
     lines = [
         "# FgB2I on SimNSD (`make demo`)", "",
         "Simulated NSD (tiny, seed 0): subjects 1, 2, 5, 7; 100 shared test images. Every model is the SimNSD "
         "world's (`simnsd/clip`, `simnsd/diffusion`, `simnsd/ldm_base`) or trained in this run (the brain-to-text "
         "model). Numbers are as measured by this run.", "",
-        "## Captions (test split, 4 subjects x 100 images, greedy; deltas against stage 1)", "",
-        format_table(caption_rows, baseline="CE (stage 1)", columns=REPORT_CAPTION_COLUMNS), "",
+        "## Captions (test split, 4 subjects x 100 images, greedy; deltas against CE only)", "",
+        format_table(caption_rows, baseline=CE_ONLY_ROW, columns=REPORT_CAPTION_COLUMNS), "",
+        f"Stage 2 = stage 1 + {rl_settings}. *{CE_ONLY_ROW}*: stage 1 trained on with the CE loss alone for the same "
+        "steps, batch and learning rate: the fair control for stage 2, since more training alone changes the "
+        "captions.",
         "References: the fine captions. CLIP-S (w = 2.5) and the `clip_text_image` reward use the SimNSD CLIP. "
         "Shuffled-brain control: the stage-2 model given another row's betas of the same subject (the floor). "
         "Ceiling: the stage-2 model given SimNSD's noise-free response to each image, normalised like the real "
@@ -368,8 +411,9 @@ def main(argv=None):
     rl_dir = step_train_rl(root, args.output_dir, run_dir, args.rl_steps, args.rl_object_weight, args.rl_clip_weight,
                            args.fresh)
     print_rl_report(run_dir, rl_dir)
-    seconds["stage 2 (RL)"] = time.time() - t
-    print(f"[train RL] step time {seconds['stage 2 (RL)']:.1f} s")
+    ce_only_dir = step_train_ce_only(root, args.output_dir, run_dir, args.rl_steps, args.fresh)
+    seconds["stage 2 (RL) and its CE-only control"] = time.time() - t
+    print(f"[train RL] step time {seconds['stage 2 (RL) and its CE-only control']:.1f} s")
 
     from fgb2i_hf.clip import CLIPScorer
 
@@ -378,10 +422,10 @@ def main(argv=None):
               f"--seed {args.seed} the subjects' voxels respond differently and the base method sees noise")
     clip = CLIPScorer.from_pretrained("simnsd/clip")
     t = time.time()
-    caption_rows, _ = caption_table(root, dd, run_dir, rl_dir, clip)
+    caption_rows, _ = caption_table(root, dd, run_dir, rl_dir, clip, ce_only_dir)
     seconds["caption evaluation"] = time.time() - t
-    print("\nCaptions, test split (CLIP-S and the CLIP reward with simnsd/clip; deltas against stage 1):\n")
-    print(format_table(caption_rows, baseline="CE (stage 1)", columns=REPORT_CAPTION_COLUMNS))
+    print("\nCaptions, test split (CLIP-S and the CLIP reward with simnsd/clip; deltas against CE only):\n")
+    print(format_table(caption_rows, baseline=CE_ONLY_ROW, columns=REPORT_CAPTION_COLUMNS))
     t = time.time()
     recon = step_reconstruct(root, dd, args.output_dir, rl_dir, n_images=args.images, fresh=args.fresh)
     seconds["reconstruction"] = time.time() - t
@@ -392,7 +436,9 @@ def main(argv=None):
     print(format_table(image_rows, baseline="LDM (base)"))
     shutil.copyfile(recon["grid"], os.path.join(args.output_dir, "grid.png"))
     seconds["total"] = time.time() - start
-    report = write_report(args.output_dir, caption_rows, image_rows, recon, seconds)
+    rl_settings = (f"{args.rl_steps} REINFORCE steps with object accuracy (w = {args.rl_object_weight:g}) and CLIP "
+                   f"text-image (w = {args.rl_clip_weight:g}) rewards")
+    report = write_report(args.output_dir, caption_rows, image_rows, recon, seconds, rl_settings)
     print(f"\n[report] {report} and {os.path.join(args.output_dir, 'grid.png')} written; "
           f"demo time {seconds['total']:.1f} s")
 
