@@ -360,7 +360,7 @@ def write_report(output_dir: str, caption_rows: dict, image_rows: dict, recon: d
         format_table(caption_rows, baseline=CE_ONLY_ROW, columns=REPORT_CAPTION_COLUMNS), "",
         f"Stage 2 = stage 1 + {rl_settings}. *{CE_ONLY_ROW}*: stage 1 trained on with the CE loss alone for the same "
         "steps, batch and learning rate: the fair control for stage 2, since more training alone changes the "
-        "captions.",
+        "captions.", "",
         "References: the fine captions. CLIP-S (w = 2.5) and the `clip_text_image` reward use the SimNSD CLIP. "
         "Shuffled-brain control: the stage-2 model given another row's betas of the same subject (the floor). "
         "Ceiling: the stage-2 model given SimNSD's noise-free response to each image, normalised like the real "
