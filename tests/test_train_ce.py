@@ -254,6 +254,24 @@ def test_sim_tiny_rl_config_reads_the_ce_output():
     assert rl.rewards == ["object_accuracy", "clip_text_image"] and script.clip_model == "simnsd/clip"
 
 
+
+def test_nsd_paper_rl_config_holds_the_papers_settings():
+    from fgb2i_hf.rl import ReinforceConfig
+
+    sys.path.insert(0, os.path.join(REPO, "recipes"))
+    try:
+        from train_rl import RLScriptArguments
+    finally:
+        sys.path.pop(0)
+    ce, _ = parse("--config", os.path.join(CONFIGS, "nsd_paper.yaml"))
+    ce_out = yaml.safe_load(open(os.path.join(CONFIGS, "nsd_paper.yaml")))["output_dir"]
+    script, rl = TrlParser((RLScriptArguments, ReinforceConfig)).parse_args_and_config(
+        args=["--config", os.path.join(CONFIGS, "nsd_paper_rl.yaml")])
+    assert script.model_name_or_path == os.path.join(ce_out, "final")
+    assert script.subjects == ce.subjects and script.sessions == ce.sessions == 37
+    assert rl.rewards == ["object_accuracy", "clip_text_image", "clip_image_image"]
+    assert rl.reward_weights == [0.01, 0.01, 0.01] and rl.baseline == "none" and rl.num_train_epochs == 10
+
 def test_unknown_config_key_is_refused(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"nsd_root": "x", "learning_rate": 1e-3, "prefix_lenght": 4}))
