@@ -179,7 +179,7 @@ def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100,
     return out
 
 
-def step_train_ce_only(root: str, output_dir: str, ce_run_dir: str, steps: int = 100, fresh: bool = False) -> str:
+def step_train_ce_only(root: str, dd, output_dir: str, ce_run_dir: str, steps: int = 100, fresh: bool = False) -> str:
     """The control for stage 2: the stage-1 model trained on with the CE loss alone, for the same steps, batch and
     learning rate as the RL step (sim_tiny_rl.yaml with no reward). More training changes the captions by itself;
     this row tells that apart from what the rewards do. Returns the run's folder (``final`` inside)."""
@@ -202,11 +202,10 @@ def step_train_ce_only(root: str, output_dir: str, ce_run_dir: str, steps: int =
             "--output_dir", out, "--max_steps", str(steps), "--logging_steps", str(max(steps // 4, 1))]
     _, config = TrlParser((train_rl.RLScriptArguments, ReinforceConfig)).parse_args_and_config(args=argv)
     config.rewards, config.reward_weights = [], []
-    train = load_nsd(root, subjects=SUBJECTS, cache_dir=os.path.join(output_dir, "hf_datasets"))["train"]
     model = BrainPrefixGPT2.from_pretrained(os.path.join(ce_run_dir, "final"))
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(ce_run_dir, "final"))
     t = time.time()
-    trainer = ReinforceTrainer(model, tokenizer, config, train, rewards=[])
+    trainer = ReinforceTrainer(model, tokenizer, config, dd["train"], rewards=[])
     trainer.train()
     trainer.save_model()
     print(f"[train CE only] {steps} steps of the CE loss alone in {time.time() - t:.1f} s (the control for stage 2)")
@@ -411,7 +410,7 @@ def main(argv=None):
     rl_dir = step_train_rl(root, args.output_dir, run_dir, args.rl_steps, args.rl_object_weight, args.rl_clip_weight,
                            args.fresh)
     print_rl_report(run_dir, rl_dir)
-    ce_only_dir = step_train_ce_only(root, args.output_dir, run_dir, args.rl_steps, args.fresh)
+    ce_only_dir = step_train_ce_only(root, dd, args.output_dir, run_dir, args.rl_steps, args.fresh)
     seconds["stage 2 (RL) and its CE-only control"] = time.time() - t
     print(f"[train RL] step time {seconds['stage 2 (RL) and its CE-only control']:.1f} s")
 

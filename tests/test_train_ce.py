@@ -237,7 +237,8 @@ def test_nsd_paper_config():
     assert training.num_train_epochs == 200 and not training.use_cpu
 
 
-def test_sim_tiny_rl_config_reads_the_ce_output():
+def parse_rl_after_ce(ce_config: str, rl_config: str):
+    """(stage-1 script args, stage-1 output_dir, stage-2 script args, ReinforceConfig) of two shipped configs."""
     from fgb2i_hf.rl import ReinforceConfig
 
     sys.path.insert(0, os.path.join(REPO, "recipes"))
@@ -245,32 +246,27 @@ def test_sim_tiny_rl_config_reads_the_ce_output():
         from train_rl import RLScriptArguments
     finally:
         sys.path.pop(0)
-    ce, _ = parse("--config", os.path.join(CONFIGS, "sim_tiny.yaml"))
-    ce_out = yaml.safe_load(open(os.path.join(CONFIGS, "sim_tiny.yaml")))["output_dir"]
+    ce, _ = parse("--config", os.path.join(CONFIGS, ce_config))
+    ce_out = yaml.safe_load(open(os.path.join(CONFIGS, ce_config)))["output_dir"]
     script, rl = TrlParser((RLScriptArguments, ReinforceConfig)).parse_args_and_config(
-        args=["--config", os.path.join(CONFIGS, "sim_tiny_rl.yaml")])
+        args=["--config", os.path.join(CONFIGS, rl_config)])
+    return ce, ce_out, script, rl
+
+
+def test_sim_tiny_rl_config_reads_the_ce_output():
+    ce, ce_out, script, rl = parse_rl_after_ce("sim_tiny.yaml", "sim_tiny_rl.yaml")
     assert script.model_name_or_path == os.path.join(ce_out, "final")
     assert script.nsd_root == ce.nsd_root and script.subjects == ce.subjects
     assert rl.rewards == ["object_accuracy", "clip_text_image"] and script.clip_model == "simnsd/clip"
 
 
-
 def test_nsd_paper_rl_config_holds_the_papers_settings():
-    from fgb2i_hf.rl import ReinforceConfig
-
-    sys.path.insert(0, os.path.join(REPO, "recipes"))
-    try:
-        from train_rl import RLScriptArguments
-    finally:
-        sys.path.pop(0)
-    ce, _ = parse("--config", os.path.join(CONFIGS, "nsd_paper.yaml"))
-    ce_out = yaml.safe_load(open(os.path.join(CONFIGS, "nsd_paper.yaml")))["output_dir"]
-    script, rl = TrlParser((RLScriptArguments, ReinforceConfig)).parse_args_and_config(
-        args=["--config", os.path.join(CONFIGS, "nsd_paper_rl.yaml")])
+    ce, ce_out, script, rl = parse_rl_after_ce("nsd_paper.yaml", "nsd_paper_rl.yaml")
     assert script.model_name_or_path == os.path.join(ce_out, "final")
     assert script.subjects == ce.subjects and script.sessions == ce.sessions == 37
     assert rl.rewards == ["object_accuracy", "clip_text_image", "clip_image_image"]
     assert rl.reward_weights == [0.01, 0.01, 0.01] and rl.baseline == "none" and rl.num_train_epochs == 10
+
 
 def test_unknown_config_key_is_refused(tmp_path):
     path = tmp_path / "bad.yaml"

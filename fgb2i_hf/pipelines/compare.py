@@ -64,7 +64,8 @@ class CompareBasesConfig:
     num_inference_steps: int | None = field(default=None, metadata={"help": "All bases (default: each base's)."})
     height: int | None = field(default=None, metadata={"help": "LDM output size (z's VAE round trip)."})
     seed: int = field(default=0, metadata={"help": "Seed of the per-image generators and tiny models."})
-    dtype: str = field(default="float32", metadata={"help": "float32 / float16 / bfloat16."})
+    dtype: str = field(default="float32", metadata={
+        "help": "float32 / float16 / bfloat16 (half precision on a GPU only: on a CPU it is far slower)."})
     device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available)."})
     feature_models: str = field(default="pretrained", metadata={"help": "pretrained or random (mechanics only)."})
     clip_model: str = field(default="ViT-L-14-quickgelu", metadata={"help": "CLIP for the CLIP column."})
