@@ -18,6 +18,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(OFFLINE) $(PY) -m pytest -q tests
 
 demo: $(STAMP)

@@ -37,7 +37,7 @@ def _status(field: str) -> float:
 
 
 def phase_simulate(args) -> dict:
-    from fgb2i_hf.data import simulate_nsd
+    from fgb2i_hf.simnsd import simulate_nsd
 
     t = time.time()
     simulate_nsd(args.root, scale="full", subjects=[args.subject], overwrite=True, progress=True)

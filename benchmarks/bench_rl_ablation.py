@@ -206,7 +206,7 @@ def train_stage1(nsd_root: str, cache_dir: str, output_dir: str, epochs: float, 
     from transformers import TrainingArguments
     from trl import TrlParser
 
-    from fgb2i_hf.training import CEScriptArguments, run_ce
+    from fgb2i_hf.drivers.ce import CEScriptArguments, run_ce
 
     final = os.path.join(output_dir, "final")
     if os.path.isfile(os.path.join(final, "config.json")):
@@ -260,10 +260,11 @@ def main(argv=None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from fgb2i_hf import BrainPrefixGPT2
-    from fgb2i_hf.data import NSDStimuli, load_nsd, simulate_nsd
+    from fgb2i_hf.data import NSDStimuli, load_nsd
+    from fgb2i_hf.simnsd import simulate_nsd
     from fgb2i_hf.metrics import MeteorScorer
     from fgb2i_hf.rl import ReinforceConfig, ReinforceTrainer
-    from fgb2i_hf.training.build import first_rows_per_subject
+    from fgb2i_hf.data.rows import first_rows_per_subject
 
     args = parse_args(argv)
     t_start = time.perf_counter()

@@ -36,8 +36,8 @@ def random_stage1_model(train):
     from transformers import TrainingArguments
     from trl import TrlParser
 
-    from fgb2i_hf.training import CEScriptArguments
-    from fgb2i_hf.training.build import build_model_and_tokenizer, voxel_counts_of
+    from fgb2i_hf.drivers.ce import CEScriptArguments
+    from fgb2i_hf.drivers.ce import build_model_and_tokenizer, voxel_counts_of
 
     script_args, _ = TrlParser((CEScriptArguments, TrainingArguments)).parse_args_and_config(
         args=["--config", SIM_TINY, "--nsd_root", "unused", "--output_dir", "unused"])
@@ -74,7 +74,8 @@ def main(argv=None) -> dict:
     from transformers import AutoTokenizer
 
     from fgb2i_hf import BrainPrefixGPT2
-    from fgb2i_hf.data import NSDStimuli, load_nsd, simulate_nsd
+    from fgb2i_hf.data import NSDStimuli, load_nsd
+    from fgb2i_hf.simnsd import simulate_nsd
     from fgb2i_hf.rl import ReinforceConfig, ReinforceTrainer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -25,14 +25,14 @@ import time
 import numpy as np
 from PIL import Image
 
-from fgb2i_hf.data import NSDStimuli, load_nsd, load_simnsd_config, simulate_nsd, voxel_stats
+from fgb2i_hf.data import NSDStimuli, load_nsd, voxel_stats
+from fgb2i_hf.simnsd import load_simnsd_config, simulate_nsd
 from fgb2i_hf.metrics import format_table
 
 SUBJECTS = ["subj01", "subj02", "subj05", "subj07"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIM_TINY = os.path.join(HERE, os.pardir, "recipes", "configs", "sim_tiny.yaml")
 SIM_TINY_RL = os.path.join(HERE, os.pardir, "recipes", "configs", "sim_tiny_rl.yaml")
-TRAIN_RL = os.path.join(HERE, os.pardir, "recipes", "train_rl.py")
 
 
 def step_simulate(output_dir: str, seed: int = 0, fresh: bool = False) -> str:
@@ -92,7 +92,7 @@ def step_train_ce(root: str, output_dir: str, epochs: float | None = None, fresh
     from transformers import TrainingArguments
     from trl import TrlParser
 
-    from fgb2i_hf.training import CEScriptArguments, run_ce
+    from fgb2i_hf.drivers.ce import CEScriptArguments, run_ce
 
     out = os.path.join(output_dir, "ce")
     if not fresh and os.path.isfile(os.path.join(out, "result.json")) and os.path.isdir(os.path.join(out, "final")):
@@ -128,20 +128,6 @@ def print_ce_report(run_dir: str, examples: int = 8) -> None:
     print(open(os.path.join(run_dir, "eval_test.md"), encoding="utf-8").read())
 
 
-def _load_train_rl():
-    """recipes/train_rl.py as a module (recipes are scripts, not a package)."""
-    import importlib.util
-    import sys
-
-    if "train_rl" in sys.modules:
-        return sys.modules["train_rl"]
-    spec = importlib.util.spec_from_file_location("train_rl", TRAIN_RL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_rl"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
 def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100, object_weight: float = 0.1,
                   clip_weight: float = 1.0, fresh: bool = False) -> str:
     """Stage 2 with recipes/train_rl.py and sim_tiny_rl.yaml from the stage-1 model in ``ce_run_dir``: CE + the
@@ -164,7 +150,7 @@ def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100,
         import shutil
 
         shutil.rmtree(out)  # log.jsonl appends; checkpoints of another run must not be resumed
-    train_rl = _load_train_rl()
+    from fgb2i_hf.drivers import rl as train_rl
     argv = ["--config", SIM_TINY_RL, "--model_name_or_path", os.path.join(ce_run_dir, "final"), "--nsd_root", root,
             "--cache_dir", os.path.join(output_dir, "hf_datasets"), "--output_dir", out, "--max_steps", str(steps),
             "--reward_weights", str(object_weight), str(clip_weight), "--logging_steps", str(max(steps // 4, 1))]
@@ -174,7 +160,7 @@ def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100,
           f"(recipes/configs/sim_tiny_rl.yaml)")
     t = time.time()
     with contextlib.redirect_stdout(io.StringIO()):  # the recipe prints its result.json; the table follows below
-        result = train_rl.main(script_args, config)
+        result = train_rl.run_rl(script_args, config)
     print(f"[train RL] {result['steps']} steps in {time.time() - t:.1f} s; model in {result['final_model']}")
     return out
 
@@ -197,7 +183,7 @@ def step_train_ce_only(root: str, dd, output_dir: str, ce_run_dir: str, steps: i
         return out
     if os.path.isdir(out):
         shutil.rmtree(out)
-    train_rl = _load_train_rl()
+    from fgb2i_hf.drivers import rl as train_rl
     argv = ["--config", SIM_TINY_RL, "--model_name_or_path", os.path.join(ce_run_dir, "final"), "--nsd_root", root,
             "--output_dir", out, "--max_steps", str(steps), "--logging_steps", str(max(steps // 4, 1))]
     _, config = TrlParser((train_rl.RLScriptArguments, ReinforceConfig)).parse_args_and_config(args=argv)
@@ -250,7 +236,8 @@ def _load_brain_model(folder: str):
 def noiseless_rows(root: str, dd, split: str = "test"):
     """The split with each row's betas replaced by SimNSD's noise-free response to its image, normalised as the
     build normalised the real betas: the ceiling a perfect measurement would give."""
-    from fgb2i_hf.data import noiseless_response, voxel_stats
+    from fgb2i_hf.data import voxel_stats
+    from fgb2i_hf.simnsd import noiseless_response
 
     rows = dd[split]
     subjects, ids = list(rows["subject"]), list(rows["nsd_id"])
@@ -307,8 +294,8 @@ def step_reconstruct(root: str, dd, output_dir: str, rl_dir: str, subject: str =
     (ridge z and c, w = 0) and base + FgB2I (the stage-2 model's caption fused with c at weight ``w``)."""
     import shutil
 
-    from fgb2i_hf.pipelines.reconstruct import ReconstructConfig, reconstruct
-    from fgb2i_hf.world import resolve_pretrained
+    from fgb2i_hf.drivers.reconstruct import ReconstructConfig, reconstruct
+    from fgb2i_hf.core import resolve_pretrained
 
     out = os.path.join(output_dir, "reconstruct")
     if fresh and os.path.isdir(out):
@@ -331,7 +318,7 @@ def image_table(root: str, recon: dict, clip) -> dict:
     """The eight image metrics of the base and base + FgB2I reconstructions. CLIP is the shipped SimNSD CLIP;
     AlexNet, Inception, EfficientNet and SwAV have random weights here (no downloads): their columns are mechanics."""
     from fgb2i_hf.metrics import load_feature_models, reconstruction_metrics
-    from fgb2i_hf.pipelines.reconstruct import load_images
+    from fgb2i_hf.drivers.reconstruct import load_images
 
     ids = recon["nsd_ids"]
     gt = NSDStimuli(root).get(ids)

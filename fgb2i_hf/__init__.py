@@ -1,6 +1,6 @@
 """fgb2i_hf: fine-grained brain-to-image reconstruction (FgB2I, arXiv 2505.22150) on the Hugging Face stack."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 import importlib
 
@@ -11,8 +11,8 @@ from .models import BrainPrefixGPT2, BrainPrefixGPT2Config
 AutoConfig.register(BrainPrefixGPT2Config.model_type, BrainPrefixGPT2Config, exist_ok=True)
 AutoModel.register(BrainPrefixGPT2Config, BrainPrefixGPT2, exist_ok=True)
 
-_SUBMODULES = ("captions", "data", "decoders", "metrics", "models", "pipelines", "rewards", "rl", "testing",
-               "tokenization", "training", "world")
+_SUBMODULES = ("captions", "clip", "core", "data", "decoders", "drivers", "evaluation", "metrics", "models",
+               "pipelines", "rewards", "rl", "simnsd", "testing", "tiny", "tokenization", "training", "visualization")
 
 
 def __getattr__(name):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .world import resolve_pretrained
+from .core import resolve_pretrained
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -55,6 +55,22 @@ def images_to_tensor(images) -> torch.Tensor:
             raise ValueError(f"images in one batch must share a size, got {sorted({a.shape for a in arrays})}")
         return images_to_tensor(np.stack(arrays))
     raise TypeError(f"expected images as a uint8 array, a list of PIL images or a tensor, got {type(images)}")
+
+
+def openai_clip_tokenizer(model_max_length: int = 77):
+    """OpenAI CLIP's BPE tokenizer (49,408 tokens) as a transformers ``CLIPTokenizer``, built offline from the
+    vocabulary open_clip ships (hf-gotchas §6): content ids equal ``open_clip.get_tokenizer("ViT-L-14")``'s."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    byte_tokens = list(bytes_to_unicode().values())
+    vocab = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=model_max_length)
 
 
 class CLIPScorer(nn.Module):

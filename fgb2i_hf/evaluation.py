@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.tensors import betas_tensor
+from .core.tensors import betas_tensor
 
 CONTROL_ROW = "shuffled-brain control"
 MODEL_ROW = "brain"

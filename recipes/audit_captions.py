@@ -5,7 +5,7 @@ side by side with the COCO captions, plus CLIP image-caption agreement; optional
     python recipes/audit_captions.py --nsd_root simnsd --captions simnsd/fine_captions.jsonl --clip_model none
     python recipes/audit_captions.py ... --filter flag --max_hallucinated 1 --min_clip 0.2
 
-Every field of ``fgb2i_hf.captions.nsd.AuditCaptionsConfig`` can be set in the YAML or on the command line.
+Every field of ``fgb2i_hf.drivers.captions.AuditCaptionsConfig`` can be set in the YAML or on the command line.
 Writes ``report.md`` (the numbers and the worst captions), ``summary.json``, ``per_caption.jsonl`` and
 ``worst.png`` to ``output_dir``; with ``--filter``, the filtered JSONL to ``filter_output``.
 """
@@ -14,7 +14,7 @@ import sys
 
 from trl import TrlParser
 
-from fgb2i_hf.captions.nsd import AuditCaptionsConfig, audit_nsd
+from fgb2i_hf.drivers.captions import AuditCaptionsConfig, audit_nsd
 
 
 def main(argv=None) -> int:

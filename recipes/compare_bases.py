@@ -3,13 +3,13 @@
     python recipes/compare_bases.py --config recipes/configs/compare_bases_nsd.yaml --nsd_root /data/nsd
     python recipes/compare_bases.py --config recipes/configs/compare_bases_sim_tiny.yaml
 
-Every field of ``fgb2i_hf.pipelines.compare.CompareBasesConfig`` can be set in the YAML or on the command
+Every field of ``fgb2i_hf.drivers.compare.CompareBasesConfig`` can be set in the YAML or on the command
 line. Writes each base's reconstructions under ``<output_dir>/<base>/`` and ``comparison.{md,json}``.
 """
 
 from trl import TrlParser
 
-from fgb2i_hf.pipelines.compare import CompareBasesConfig, compare_bases
+from fgb2i_hf.drivers.compare import CompareBasesConfig, compare_bases
 
 
 def main(argv=None):

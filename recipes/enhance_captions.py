@@ -3,7 +3,7 @@
     python recipes/enhance_captions.py --config recipes/configs/enhance_captions_nsd.yaml --nsd_root /data/nsd
     python recipes/enhance_captions.py --config recipes/configs/enhance_captions_sim_tiny.yaml
 
-Every field of ``fgb2i_hf.captions.nsd.EnhanceCaptionsConfig`` can be set in the YAML or on the command line
+Every field of ``fgb2i_hf.drivers.captions.EnhanceCaptionsConfig`` can be set in the YAML or on the command line
 (the command line wins). Appends to ``output`` (JSONL, one record per image) and resumes: a rerun captions only
 the images not yet captioned with the same settings. Exits with status 1 when some images could not be read.
 """
@@ -12,7 +12,7 @@ import sys
 
 from trl import TrlParser
 
-from fgb2i_hf.captions.nsd import EnhanceCaptionsConfig, enhance_nsd
+from fgb2i_hf.drivers.captions import EnhanceCaptionsConfig, enhance_nsd
 
 
 def main(argv=None) -> int:

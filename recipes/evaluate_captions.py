@@ -5,7 +5,7 @@
 
 Writes BrainHub's candidate files (``predictions_<subject>.json``: ``{"0": caption, ...}``), the control's
 (``control_<subject>.json``), ``predictions.jsonl`` and the metric table ``metrics.{md,json}`` (brain, control and
-their deltas; per subject). Settings: ``fgb2i_hf.caption_evaluation.EvaluateCaptionsArguments``; docs/training.md.
+their deltas; per subject). Settings: ``fgb2i_hf.drivers.caption_eval.EvaluateCaptionsArguments``; docs/training.md.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 def main(argv=None):
     from trl import TrlParser
 
-    from fgb2i_hf.caption_evaluation import EvaluateCaptionsArguments, evaluate_captions
+    from fgb2i_hf.drivers.caption_eval import EvaluateCaptionsArguments, evaluate_captions
 
     (args,) = TrlParser((EvaluateCaptionsArguments,)).parse_args_and_config(args=argv)
     result = evaluate_captions(args)

@@ -4,13 +4,13 @@
     python recipes/evaluate_reconstructions.py --nsd_root /data/nsd --output out/table \
         --reconstructions "LDM=out/ldm/base" "LDM + FgB2I=out/ldm/fgb2i" --baseline LDM
 
-Every field of ``fgb2i_hf.pipelines.evaluate.EvaluateReconstructionsConfig`` can be set in the YAML or on the
+Every field of ``fgb2i_hf.drivers.evaluate_reconstructions.EvaluateReconstructionsConfig`` can be set in the YAML or on the
 command line. Writes ``<output>.md`` (deltas against ``baseline``) and ``<output>.json``.
 """
 
 from trl import TrlParser
 
-from fgb2i_hf.pipelines.evaluate import EvaluateReconstructionsConfig, evaluate_reconstructions
+from fgb2i_hf.drivers.evaluate_reconstructions import EvaluateReconstructionsConfig, evaluate_reconstructions
 
 
 def main(argv=None):

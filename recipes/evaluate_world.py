@@ -51,8 +51,8 @@ def lines(figures: dict) -> list[str]:
 
 def main(argv=None):
     (config,) = TrlParser((EvaluateWorldConfig,)).parse_args_and_config(argv)
-    from fgb2i_hf.world.data import load_world_data, simulate_world_nsd
-    from fgb2i_hf.world.evaluate import evaluate_world, retrieval_figure
+    from fgb2i_hf.simnsd.world.data import load_world_data, simulate_world_nsd
+    from fgb2i_hf.simnsd.world.evaluate import evaluate_world, retrieval_figure
 
     nsd_root = config.nsd_root or simulate_world_nsd(os.path.join(config.work_dir, "simnsd"), 0)
     cache_dir = os.path.join(config.work_dir, "datasets_cache")
@@ -64,8 +64,8 @@ def main(argv=None):
         from diffusers import DiffusionPipeline
 
         from fgb2i_hf.clip import CLIPScorer
-        from fgb2i_hf.world import resolve_pretrained
-        from fgb2i_hf.world.diffusion import sample_grid
+        from fgb2i_hf.core import resolve_pretrained
+        from fgb2i_hf.simnsd.world.diffusion import sample_grid
 
         def path(component):
             return resolve_pretrained(config.world + component) if config.world == "simnsd/" \

@@ -3,14 +3,14 @@
     python recipes/fit_decoders.py --config recipes/configs/decoders_ldm_nsd.yaml --nsd_root /data/nsd
     python recipes/fit_decoders.py --config recipes/configs/decoders_sim_tiny.yaml --base brain_diffuser
 
-Every field of ``fgb2i_hf.decoders.fit.FitDecodersConfig`` can be set in the YAML or on the command line
+Every field of ``fgb2i_hf.drivers.fit.FitDecodersConfig`` can be set in the YAML or on the command line
 (the command line wins). Writes ``<output_dir>/<subject>/<target>/`` (``RidgeDecoder.from_pretrained``),
 ``metrics.json``, the cached targets and ``fit_decoders.yaml`` (this run's config).
 """
 
 from trl import TrlParser
 
-from fgb2i_hf.decoders.fit import FitDecodersConfig, fit_decoders
+from fgb2i_hf.drivers.fit import FitDecodersConfig, fit_decoders
 
 
 def main(argv=None):

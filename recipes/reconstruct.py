@@ -3,14 +3,14 @@
     python recipes/reconstruct.py --config recipes/configs/reconstruct_ldm_nsd.yaml --nsd_root /data/nsd
     python recipes/reconstruct.py --config recipes/configs/reconstruct_sim_tiny.yaml --w 1.0
 
-Every field of ``fgb2i_hf.pipelines.reconstruct.ReconstructConfig`` can be set in the YAML or on the command
+Every field of ``fgb2i_hf.drivers.reconstruct.ReconstructConfig`` can be set in the YAML or on the command
 line (the command line wins). Writes ``<output_dir>/{fgb2i,base}/<nsd_id>.png``, ``captions.jsonl``,
 ``grid.png`` (GT | base | FgB2I, captions under them) and ``reconstruct.yaml``; a killed run resumes.
 """
 
 from trl import TrlParser
 
-from fgb2i_hf.pipelines.reconstruct import ReconstructConfig, reconstruct
+from fgb2i_hf.drivers.reconstruct import ReconstructConfig, reconstruct
 
 
 def main(argv=None):

@@ -3,105 +3,23 @@
     accelerate launch recipes/train_rl.py --config recipes/configs/sim_tiny_rl.yaml [--key value ...]
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 recipes/train_rl.py --config ...   # 2 CPU processes
 
-Reads the NSD rows (``fgb2i_hf.data.load_nsd``), loads the stage-1 model and its tokenizer from
-``model_name_or_path``, trains with :class:`fgb2i_hf.rl.ReinforceTrainer`, saves ``<output_dir>/final``, and
-evaluates greedy captions on the test split (caption metrics, object F1, each reward's mean) into
-``<output_dir>/eval_test.{json,md}``.
+The YAML sets fields of ``fgb2i_hf.drivers.rl.RLScriptArguments`` (data, models of the rewards, evaluation) and
+of ``fgb2i_hf.rl.ReinforceConfig`` (rewards, weights, baseline, optimiser, checkpoints); the run is
+``fgb2i_hf.drivers.rl.run_rl``. See docs/rl.md.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field
 
-import torch
+def main(argv=None) -> dict:
+    from trl import TrlParser
 
+    from fgb2i_hf.drivers.rl import RLScriptArguments, run_rl
+    from fgb2i_hf.rl import ReinforceConfig
 
-@dataclass
-class RLScriptArguments:
-    model_name_or_path: str = field(default=None, metadata={"help": "Stage-1 checkpoint folder (model + tokenizer)."})
-    nsd_root: str = field(default=None, metadata={"help": "NSD (or SimNSD) root in the raw layout."})
-    subjects: list[str] = field(default_factory=lambda: ["subj01", "subj02", "subj05", "subj07"],
-                                metadata={"help": "Subjects to train on (one model for all)."})
-    sessions: int | None = field(default=None, metadata={"help": "Use the first N sessions (37: 982 test images)."})
-    fine_captions: str | None = field(default=None, metadata={"help": "Fine-captions JSONL (default: the builder's)."})
-    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
-    max_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
-    clip_model: str = field(default="ViT-L-14-quickgelu", metadata={"help": "CLIP for the CLIP rewards (name or folder)."})
-    clip_pretrained: str | None = field(default="openai", metadata={"help": "open_clip pretrained tag."})
-    renderer: str = field(default="CompVis/stable-diffusion-v1-4",
-                          metadata={"help": "Text-to-image pipeline of clip_image_image (name or folder)."})
-    render_steps: int = field(default=4, metadata={"help": "Denoising steps of the renderer."})
-    eval_split: str = field(default="test", metadata={"help": "Split decoded and scored after training ('' to skip)."})
-    eval_references: str = field(default="fine_captions", metadata={"help": "References of the caption metrics."})
-    eval_max_rows: int | None = field(default=None, metadata={"help": "Score only the first N rows of the eval split."})
-
-
-def main(script_args: RLScriptArguments, config) -> dict:
-    from accelerate.utils import gather_object
-
-    from fgb2i_hf import BrainPrefixGPT2
-    from fgb2i_hf.clip import CLIPScorer
-    from fgb2i_hf.data import NSDStimuli, load_nsd
-    from fgb2i_hf.evaluation import caption_report, decode_dataset
-    from fgb2i_hf.metrics import write_table
-    from fgb2i_hf.rl import ReinforceTrainer
-    from transformers import AutoTokenizer
-
-    if not script_args.model_name_or_path or not script_args.nsd_root:
-        raise ValueError("model_name_or_path and nsd_root are required")
-    options = {k: v for k, v in dict(sessions=script_args.sessions, fine_captions=script_args.fine_captions).items()
-               if v is not None}
-    data = load_nsd(script_args.nsd_root, subjects=script_args.subjects, cache_dir=script_args.cache_dir, **options)
-    train = data["train"]
-    if script_args.max_train_rows:
-        train = train.select(range(min(script_args.max_train_rows, len(train))))
-    model = BrainPrefixGPT2.from_pretrained(script_args.model_name_or_path)
-    missing = sorted(set(script_args.subjects) - set(model.config.voxel_counts))
-    if missing:
-        raise ValueError(f"the model {script_args.model_name_or_path} has no layer for {missing} "
-                         f"(it knows {sorted(model.config.voxel_counts)}); add_subject() first")
-    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
-
-    context = {}
-    if {"clip_text_image", "clip_image_image"} & set(config.rewards):
-        context["stimuli"] = NSDStimuli(script_args.nsd_root)
-        context["clip"] = CLIPScorer.from_pretrained(script_args.clip_model, pretrained=script_args.clip_pretrained)
-    if "clip_image_image" in config.rewards:
-        kwargs = config.reward_kwargs.setdefault("clip_image_image", {})
-        kwargs.setdefault("renderer", script_args.renderer)
-        kwargs.setdefault("render_kwargs", {"num_inference_steps": script_args.render_steps})
-    trainer = ReinforceTrainer(model, tokenizer, config, train, reward_context=context)
-    trainer.train()
-    final = trainer.save_model()
-
-    acc = trainer.accelerator
-    unwrapped = acc.unwrap_model(trainer.model)
-    checksum = float(sum(p.detach().double().sum() for p in unwrapped.parameters() if p.requires_grad))
-    checksums = gather_object([checksum])
-    result = {"final_model": final, "processes": acc.num_processes, "parameter_checksums": checksums,
-              "parameters_identical_across_processes": len(set(checksums)) == 1, "steps": trainer.global_step}
-    if script_args.eval_split and acc.is_main_process:
-        split = data[script_args.eval_split]
-        if script_args.eval_max_rows:
-            split = split.select(range(min(script_args.eval_max_rows, len(split))))
-        predictions = decode_dataset(unwrapped, tokenizer, split)
-        rewards = dict(zip(config.rewards, trainer.reward_fns))
-        result["eval"] = caption_report(predictions, split, script_args.eval_references, rewards=rewards)
-        write_table({"CE + RL": result["eval"]}, os.path.join(config.output_dir, f"eval_{script_args.eval_split}"))
-    if acc.is_main_process:
-        with open(os.path.join(config.output_dir, "result.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        print(json.dumps(result, indent=2))
-    return result
+    script_args, rl_config = TrlParser((RLScriptArguments, ReinforceConfig)).parse_args_and_config(args=argv)
+    return run_rl(script_args, rl_config)
 
 
 if __name__ == "__main__":
-    from trl import TrlParser
-
-    from fgb2i_hf.rl import ReinforceConfig
-
-    parser = TrlParser((RLScriptArguments, ReinforceConfig))
-    script_args, rl_config = parser.parse_args_and_config()
-    main(script_args, rl_config)
+    main()

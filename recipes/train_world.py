@@ -13,12 +13,12 @@ On a shared CPU, ``OMP_WAIT_POLICY=PASSIVE`` keeps torch's two threads from spin
 
 from trl import TrlParser
 
-from fgb2i_hf.world.clip import CLIPTrainingConfig
-from fgb2i_hf.world.diffusion import UNetTrainingConfig
-from fgb2i_hf.world.gpt2 import GPT2TrainingConfig
-from fgb2i_hf.world.ldm_base import LDMBaseConfig
-from fgb2i_hf.world.train import TrainWorldConfig, train_world
-from fgb2i_hf.world.vae import VAETrainingConfig
+from fgb2i_hf.simnsd.world.clip import CLIPTrainingConfig
+from fgb2i_hf.simnsd.world.diffusion import UNetTrainingConfig
+from fgb2i_hf.simnsd.world.gpt2 import GPT2TrainingConfig
+from fgb2i_hf.simnsd.world.ldm_base import LDMBaseConfig
+from fgb2i_hf.simnsd.world.train import TrainWorldConfig, train_world
+from fgb2i_hf.simnsd.world.vae import VAETrainingConfig
 
 CONFIGS = (TrainWorldConfig, CLIPTrainingConfig, GPT2TrainingConfig, VAETrainingConfig, UNetTrainingConfig,
            LDMBaseConfig)

@@ -23,7 +23,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def simnsd_root(tmp_path_factory):
     """A tiny SimNSD (subj01, subj02, subj05, subj07; hdf5 and nii.gz betas), written once per test session."""
-    from fgb2i_hf.data import simulate_nsd
+    from fgb2i_hf.simnsd import simulate_nsd
 
     root = tmp_path_factory.mktemp("simnsd") / "nsd"
     simulate_nsd(root, scale="tiny", seed=0, betas_formats=("hdf5", "nii.gz"))

@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, GPT2LMHeadModel
 
-import fgb2i_hf.world
+import fgb2i_hf.core.names
 from fgb2i_hf import BrainPrefixGPT2, BrainPrefixGPT2Config
 from fgb2i_hf.models.brain_prefix_gpt2.model_card import create_model_card
 from fgb2i_hf.testing import caption_batch, random_betas, tiny_brain_prefix_gpt2, tiny_gpt2_config
@@ -95,7 +95,7 @@ def test_from_language_model_wraps_a_pretrained_gpt2(tmp_path):
 
 def test_simnsd_names_resolve_through_the_world(tmp_path, monkeypatch):
     """``simnsd/<component>`` loads the packaged world folder, by the same code path as a Hub id."""
-    monkeypatch.setattr(fgb2i_hf.world, "world_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(fgb2i_hf.core.names, "world_dir", lambda: str(tmp_path))
     GPT2LMHeadModel(tiny_gpt2_config(64)).save_pretrained(tmp_path / "gpt2")
     model = BrainPrefixGPT2.from_language_model("simnsd/gpt2", voxel_counts=COUNTS, prefix_length=2, mapper_layers=1)
     assert model.config.language_model_name_or_path == "simnsd/gpt2"

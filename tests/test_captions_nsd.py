@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fgb2i_hf.captions.cache import CaptionCacheError, read_cache, write_records_atomic
-from fgb2i_hf.captions.nsd import (AuditCaptionsConfig, EnhanceCaptionsConfig, audit_nsd, coco_truth, enhance_nsd,
+from fgb2i_hf.drivers.captions import (AuditCaptionsConfig, EnhanceCaptionsConfig, audit_nsd, coco_truth, enhance_nsd,
                                    subject_nsd_ids)
 from fgb2i_hf.data import NSDDataError, load_nsd
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fgb2i_hf.caption_evaluation import write_predictions
+from fgb2i_hf.drivers.caption_eval import write_predictions
 from fgb2i_hf.data.collate import BrainCaptionCollator, check_captions
 from fgb2i_hf.evaluation import (CONTROL_ROW, MODEL_ROW, brainhub_predictions, decode_dataset, evaluate_with_control,
                                  shuffled_row_order)

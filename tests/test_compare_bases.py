@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from fgb2i_hf.pipelines.compare import CompareBasesConfig, compare_bases
+from fgb2i_hf.drivers.compare import CompareBasesConfig, compare_bases
 
 SUBJECT = "subj01"
 
 
 @pytest.fixture(scope="module")
 def decoders(simnsd_root, simnsd_dataset, tmp_path_factory):
-    from fgb2i_hf.decoders import FitDecodersConfig, fit_decoders
+    from fgb2i_hf.drivers.fit import FitDecodersConfig, fit_decoders
 
     out = tmp_path_factory.mktemp("decoders")
     dirs = {}
@@ -68,7 +68,7 @@ def test_one_table_of_eight_metrics_for_three_bases_with_and_without_fgb2i(compa
 
 def test_stand_ins_come_from_the_ridge_decoders(comparison):
     from fgb2i_hf.pipelines import MindEyeInputs
-    from fgb2i_hf.pipelines.reconstruct import load_images
+    from fgb2i_hf.drivers.reconstruct import load_images
 
     config, result = comparison
     ids = result["summaries"]["ldm"]["nsd_ids"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fgb2i_hf.decoders import RidgeDecoder
-from fgb2i_hf.decoders.fit import FitDecodersConfig, betas_matrix, fit_decoders, load_extractor
+from fgb2i_hf.drivers.fit import FitDecodersConfig, betas_matrix, fit_decoders, load_extractor
 from fgb2i_hf.decoders.targets import LDMTargetExtractor
 
 WORDS = ["cat", "dog", "bus", "kite", "tree", "car", "boat", "bird"]

@@ -10,7 +10,8 @@ import pytest
 import scipy.io
 import torch
 
-from fgb2i_hf.data import NSD, NSDPaths, NSDStimuli, load_nsd, load_simnsd_config, noiseless_response, voxel_stats
+from fgb2i_hf.data import NSD, NSDPaths, NSDStimuli, load_nsd, voxel_stats
+from fgb2i_hf.simnsd import load_simnsd_config, noiseless_response
 from brain_diffuser_reference import prepare_nsddata
 
 SUBJECTS = ("subj01", "subj02", "subj05", "subj07")

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fgb2i_hf.data import NSD, NSDDataError, NSDMissingFileError, NSDPaths, NSDStimuli, load_nsd, simulate_nsd
+from fgb2i_hf.data import NSD, NSDDataError, NSDMissingFileError, NSDPaths, NSDStimuli, load_nsd
+from fgb2i_hf.simnsd import simulate_nsd
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fgb2i_hf.pipelines import MindEyeInputs
-from fgb2i_hf.pipelines.evaluate import EvaluateReconstructionsConfig, evaluate_reconstructions
-from fgb2i_hf.pipelines.reconstruct import ReconstructConfig, load_images, reconstruct, save_png
+from fgb2i_hf.drivers.evaluate_reconstructions import EvaluateReconstructionsConfig, evaluate_reconstructions
+from fgb2i_hf.drivers.reconstruct import ReconstructConfig, load_images, reconstruct, save_png
 
 SUBJECT = "subj01"
 

@@ -5,9 +5,9 @@ import PIL.Image
 import pytest
 import torch
 
-from fgb2i_hf.pipelines.compare import comparison_table
-from fgb2i_hf.pipelines.evaluate import common_ids, parse_rows
-from fgb2i_hf.pipelines.reconstruct import image_generator, load_images, save_png
+from fgb2i_hf.drivers.compare import comparison_table
+from fgb2i_hf.drivers.evaluate_reconstructions import common_ids, parse_rows
+from fgb2i_hf.drivers.reconstruct import image_generator, load_images, save_png
 from fgb2i_hf.visualization import reconstruction_grid
 
 

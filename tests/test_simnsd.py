@@ -13,9 +13,10 @@ import scipy.io
 from safetensors.numpy import load_file
 
 from fgb2i_hf.captions.objects import caption_objects
-from fgb2i_hf.data import NSDPaths, load_scenes, load_simnsd_config, noiseless_response, simulate_nsd
+from fgb2i_hf.data import NSDPaths
+from fgb2i_hf.simnsd import load_scenes, load_simnsd_config, noiseless_response, simulate_nsd
 from fgb2i_hf.data.coco import COCO_CATEGORIES
-from fgb2i_hf.data.scenes import COLOURS, VOCABULARY, Scene, SceneObject, draw_scene
+from fgb2i_hf.simnsd.scenes import COLOURS, VOCABULARY, Scene, SceneObject, draw_scene
 
 SUBJECTS = ("subj01", "subj02", "subj05", "subj07")
 
@@ -219,7 +220,8 @@ def test_a_linear_decoder_recovers_objects_but_not_every_detail(simnsd_dataset, 
     """The SNR is set so that SimNSD is learnable yet not solved: ridge regression from subj01's single-trial train
     betas reads out which objects are present almost perfectly, colour-position bindings much less well, while the
     same decoder on the noise-free responses reaches the ceiling."""
-    from fgb2i_hf.data import scene_features_of, voxel_stats
+    from fgb2i_hf.data import voxel_stats
+    from fgb2i_hf.simnsd import scene_features_of
 
     cfg = load_simnsd_config(simnsd_root)
     subj = {s: np.array(simnsd_dataset[s]["subject"]) == "subj01" for s in ("train", "test")}

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from fgb2i_hf.decoders.targets import BrainDiffuserTargetExtractor, LDMTargetExtractor, extract_targets
-from fgb2i_hf.decoders.tiny import tiny_brain_diffuser_extractor, tiny_ldm_extractor
+from fgb2i_hf.tiny import tiny_brain_diffuser_extractor, tiny_ldm_extractor
 
 CAPTIONS = [["a cat on a mat", "a small grey cat"], ["two dogs"], ["a red bus", "a bus", "a street with a bus"],
             ["a kite"], ["a plate of food", ""]]

@@ -16,7 +16,8 @@ from transformers import TrainerCallback, TrainingArguments
 from trl import TrlParser
 
 from fgb2i_hf.evaluation import CONTROL_ROW, MODEL_ROW
-from fgb2i_hf.training import CaptionEpochCallback, CEScriptArguments, run_ce
+from fgb2i_hf.training import CaptionEpochCallback
+from fgb2i_hf.drivers.ce import CEScriptArguments, run_ce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "recipes", "configs")
@@ -111,7 +112,7 @@ def test_the_final_folder_loads_as_a_stage1_checkpoint(trained):
 
 
 def test_evaluate_captions_outputs(trained, tmp_path, simnsd_root):
-    from fgb2i_hf.caption_evaluation import EvaluateCaptionsArguments, evaluate_captions
+    from fgb2i_hf.drivers.caption_eval import EvaluateCaptionsArguments, evaluate_captions
     from fgb2i_hf.clip import CLIPScorer
 
     out, result, data = trained
@@ -241,11 +242,7 @@ def parse_rl_after_ce(ce_config: str, rl_config: str):
     """(stage-1 script args, stage-1 output_dir, stage-2 script args, ReinforceConfig) of two shipped configs."""
     from fgb2i_hf.rl import ReinforceConfig
 
-    sys.path.insert(0, os.path.join(REPO, "recipes"))
-    try:
-        from train_rl import RLScriptArguments
-    finally:
-        sys.path.pop(0)
+    from fgb2i_hf.drivers.rl import RLScriptArguments
     ce, _ = parse("--config", os.path.join(CONFIGS, ce_config))
     ce_out = yaml.safe_load(open(os.path.join(CONFIGS, ce_config)))["output_dir"]
     script, rl = TrlParser((RLScriptArguments, ReinforceConfig)).parse_args_and_config(

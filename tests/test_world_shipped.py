@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fgb2i_hf.world import resolve_pretrained, world_dir
-from fgb2i_hf.world.data import load_world_data
+from fgb2i_hf.core import resolve_pretrained, world_dir
+from fgb2i_hf.simnsd.world.data import load_world_data
 
 COMPONENTS = ("clip", "gpt2", "diffusion", "ldm_base")
 
@@ -58,7 +58,7 @@ def test_shipped_components_are_small_float16_and_recorded():
 
 
 def test_shipped_clip_retrieves_the_right_caption(world_test, clip_scorer):
-    from fgb2i_hf.world.clip import retrieval
+    from fgb2i_hf.simnsd.world.clip import retrieval
 
     fine = retrieval(clip_scorer, world_test.images, world_test.fine_captions)
     coco = retrieval(clip_scorer, world_test.images, world_test.captions)
@@ -83,7 +83,7 @@ def test_shipped_clip_retrieves_the_right_caption(world_test, clip_scorer):
 def test_shipped_gpt2_models_held_out_captions(world_test):
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from fgb2i_hf.world.gpt2 import perplexity
+    from fgb2i_hf.simnsd.world.gpt2 import perplexity
 
     path = resolve_pretrained("simnsd/gpt2")
     model = GPT2LMHeadModel.from_pretrained(path).eval()
@@ -115,7 +115,7 @@ def test_shipped_gpt2_is_the_frozen_language_model_of_the_brain_model():
 def test_shipped_diffusion_draws_the_captioned_scene(world_test, clip_scorer):
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
-    from fgb2i_hf.world.diffusion import background_in_caption, background_of, render, two_way_identification
+    from fgb2i_hf.simnsd.world.diffusion import background_in_caption, background_of, render, two_way_identification
 
     pipe = DiffusionPipeline.from_pretrained(resolve_pretrained("simnsd/diffusion"))
     assert isinstance(pipe, StableDiffusionPipeline) and pipe.unet.dtype == torch.float32
@@ -138,8 +138,8 @@ def test_shipped_diffusion_draws_the_captioned_scene(world_test, clip_scorer):
 def test_shipped_ldm_base_decodes_test_betas_into_the_pipeline(simnsd_dataset, world_test):
     from fgb2i_hf.decoders import RidgeDecoder
     from fgb2i_hf.pipelines import FgB2ILDMPipeline
-    from fgb2i_hf.world.pipelines import world_ldm_pipeline
-    from fgb2i_hf.world.diffusion import background_in_caption, background_of
+    from fgb2i_hf.simnsd.world.pipelines import world_ldm_pipeline
+    from fgb2i_hf.simnsd.world.diffusion import background_in_caption, background_of
 
     rows = simnsd_dataset["test"].filter(lambda s: s == "subj01", input_columns="subject").select(range(8))
     betas = torch.tensor(np.asarray(rows["betas"], dtype=np.float32))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fgb2i_hf.clip import CLIPScorer
-from fgb2i_hf.world.text_encoder import (convert_open_clip_text_to_hf, open_clip_token_features,
+from fgb2i_hf.simnsd.world.text_encoder import (convert_open_clip_text_to_hf, open_clip_token_features,
                                          world_clip_tokenizer)
 
 TEXTS = ["a large red dog on the left, in a beige room", "", "A green horse.  In a ROOM!",

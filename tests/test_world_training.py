@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from fgb2i_hf.world.clip import CLIPTrainingConfig, contrastive_loss, train_clip
-from fgb2i_hf.world.data import load_world_data
-from fgb2i_hf.world.diffusion import UNetTrainingConfig, background_of, render, train_unet
-from fgb2i_hf.world.gpt2 import GPT2TrainingConfig, perplexity, train_gpt2
-from fgb2i_hf.world.text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer
-from fgb2i_hf.world.vae import VAETrainingConfig, reconstruction_error, train_vae
+from fgb2i_hf.simnsd.world.clip import CLIPTrainingConfig, contrastive_loss, train_clip
+from fgb2i_hf.simnsd.world.data import load_world_data
+from fgb2i_hf.simnsd.world.diffusion import UNetTrainingConfig, background_of, render, train_unet
+from fgb2i_hf.simnsd.world.gpt2 import GPT2TrainingConfig, perplexity, train_gpt2
+from fgb2i_hf.simnsd.world.text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer
+from fgb2i_hf.simnsd.world.vae import VAETrainingConfig, reconstruction_error, train_vae
 
 TINY_CLIP = dict(clip_embed_dim=16, clip_vision_width=32, clip_vision_layers=1, clip_text_width=16,
                  clip_text_heads=2, clip_text_layers=1, clip_context_length=40, clip_batch_size=32,
@@ -123,7 +123,7 @@ def test_vae_and_unet_train_into_a_loadable_stable_diffusion_pipeline(world_data
 
 
 def test_background_classifier_reads_simnsd_backgrounds(world_data):
-    from fgb2i_hf.world.diffusion import background_in_caption
+    from fgb2i_hf.simnsd.world.diffusion import background_in_caption
 
     data = world_data.test
     truth = [background_in_caption(f[0]) for f in data.fine_captions]
@@ -139,7 +139,7 @@ def test_train_world_recipe_end_to_end(simnsd_root, nsd_cache_dir, tmp_path):
     import importlib.util
 
     from fgb2i_hf.decoders import RidgeDecoder
-    from fgb2i_hf.world.io import read_record
+    from fgb2i_hf.simnsd.world.io import read_record
 
     spec = importlib.util.spec_from_file_location("train_world", os.path.join(os.path.dirname(__file__), "..",
                                                                               "recipes", "train_world.py"))

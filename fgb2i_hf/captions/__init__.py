@@ -6,13 +6,15 @@
 - ``cache``: that JSONL (``read_cache``, ``CaptionCache``, ``settings_hash``);
 - ``length``: CLIP token counting and cutting at a sentence end;
 - ``audit``: CHAIR_i, CHAIR_s, object recall, CLIP agreement, filtering, the markdown report;
-- ``nsd``: the NSD side (ids a subject saw, COCO truth) and the runs behind ``recipes/enhance_captions.py``
-  and ``recipes/audit_captions.py``.
+
+The runs behind ``recipes/enhance_captions.py`` and ``recipes/audit_captions.py`` are in
+``fgb2i_hf.drivers.captions``.
 
 Names are imported lazily, so ``fgb2i_hf.captions.objects`` stays light for its other users.
 """
 
 import importlib
+import warnings
 
 _EXPORTS = {
     "ImageCaptioner": "enhance", "enhance_captions": "enhance", "EnhanceSummary": "enhance",
@@ -22,15 +24,21 @@ _EXPORTS = {
     "CaptionAudit": "audit", "AuditThresholds": "audit", "audit_captions": "audit", "image_truth": "audit",
     "summarize": "audit", "clip_agreement": "audit", "flag_audits": "audit", "filter_records": "audit",
     "write_report": "audit",
-    "EnhanceCaptionsConfig": "nsd", "AuditCaptionsConfig": "nsd", "enhance_nsd": "nsd", "audit_nsd": "nsd",
-    "subject_nsd_ids": "nsd", "coco_truth": "nsd",
     "caption_objects": "objects", "caption_object_mentions": "objects", "load_coco_vocabulary": "objects",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
+_MOVED_TO_DRIVERS = ("EnhanceCaptionsConfig", "AuditCaptionsConfig", "enhance_nsd", "audit_nsd", "subject_nsd_ids",
+                     "coco_truth")
+
+
 def __getattr__(name):
+    if name in _MOVED_TO_DRIVERS:  # deprecated aliases, removed in the next release
+        warnings.warn(f"fgb2i_hf.captions.{name} moved to fgb2i_hf.drivers.captions.{name}; the old name will be "
+                      "removed in the next release", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("fgb2i_hf.drivers.captions"), name)
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..world import resolve_pretrained
+from ..core import resolve_pretrained
 from .cache import CaptionCache, settings_hash
 from .length import CLIP_CONTEXT_LENGTH, truncate_to_clip_tokens
 

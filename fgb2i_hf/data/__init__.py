@@ -1,19 +1,35 @@
-"""NSD data: the SimNSD simulator, NSD file readers, the ``datasets`` builder and the stimulus store.
+"""NSD data: file readers, the ``datasets`` builder, the stimulus store and the collator.
 
-- ``simulate_nsd(root)`` writes SimNSD in NSD's raw layout; ``noiseless_response`` gives its ground truth.
 - ``NSD`` (a ``datasets.GeneratorBasedBuilder``, configs subj01..subj08) and ``load_nsd(root, subjects=...)``
   build the rows: subject, nsd_id, coco_id, betas, captions, fine_captions, objects, trials.
 - ``NSDStimuli(root)[nsd_id]`` reads a stimulus image; ``voxel_stats(dataset, subject)`` the z-scoring statistics;
   ``betas_tensor(batch["betas"])`` makes a (B, V) float tensor, zero-padding mixed subjects.
+
+The SimNSD simulator lives in :mod:`fgb2i_hf.simnsd` (``from fgb2i_hf.simnsd import simulate_nsd``); its old names
+here still work for one release, with a ``DeprecationWarning``.
 """
 
+import importlib
+import warnings
+
+from ..core.tensors import betas_tensor
 from .layout import NSDDataError, NSDMissingFileError, NSDPaths, subject_id
 from .normalize import VoxelStats, voxel_stats
 from .nsd import NSD, NSDConfig, load_nsd
-from .simulate import SimNSDConfig, load_scenes, load_simnsd_config, noiseless_response, scene_features_of, simulate_nsd
 from .stimuli import NSDStimuli
-from .tensors import betas_tensor
 
-__all__ = ["NSD", "NSDConfig", "NSDDataError", "NSDMissingFileError", "NSDPaths", "NSDStimuli", "SimNSDConfig",
-           "VoxelStats", "betas_tensor", "load_nsd", "load_scenes", "load_simnsd_config", "noiseless_response", "scene_features_of",
-           "simulate_nsd", "subject_id", "voxel_stats"]
+__all__ = ["NSD", "NSDConfig", "NSDDataError", "NSDMissingFileError", "NSDPaths", "NSDStimuli", "VoxelStats",
+           "betas_tensor", "load_nsd", "subject_id", "voxel_stats"]
+
+_MOVED_TO_SIMNSD = ("SimNSDConfig", "load_scenes", "load_simnsd_config", "noiseless_response", "scene_features_of",
+                    "simulate_nsd")
+
+
+def __getattr__(name):
+    # Deprecated aliases (removed in the next release). Resolved at attribute access, so the data layer keeps no
+    # import of the simnsd layer above it.
+    if name in _MOVED_TO_SIMNSD:
+        warnings.warn(f"fgb2i_hf.data.{name} moved to fgb2i_hf.simnsd.{name}; the old name will be removed in the "
+                      "next release", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("fgb2i_hf.simnsd"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .tensors import betas_tensor
+from ..core.tensors import betas_tensor
 
 CAPTION_COLUMNS = ("fine_captions", "captions")
 

@@ -42,7 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..world import resolve_pretrained
+from ..core import resolve_pretrained
 
 # diffusers' pipeline loader looks the component's base classes up *in the component's module*
 # (pipeline_loading_utils.get_class_obj_and_candidates: getattr(module, "ModelMixin")), so ModelMixin has to be

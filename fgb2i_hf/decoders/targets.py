@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..world import resolve_pretrained
+from ..core import resolve_pretrained
 
 LDM_MODEL = "CompVis/stable-diffusion-v1-4"
 VERSATILE_DIFFUSION_MODEL = "shi-labs/versatile-diffusion"
@@ -286,9 +286,6 @@ class BrainDiffuserTargetExtractor(TargetExtractor):
             return embeds / out.text_embeds.unsqueeze(1).norm(dim=-1, keepdim=True)
 
         return _mean_over_captions(encode, captions, keys if keys is not None else range(len(captions)))
-
-
-TARGET_EXTRACTORS = {"ldm": LDMTargetExtractor, "brain_diffuser": BrainDiffuserTargetExtractor}
 
 
 def extract_targets(extractor: TargetExtractor, name: str, path: str, *, ids: Sequence[int], images=None,

@@ -19,7 +19,7 @@ DEFAULT_SENTENCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 def load_sentence_encoder(name: str = DEFAULT_SENTENCE_MODEL, device=None):
     from sentence_transformers import SentenceTransformer
 
-    from ..world import resolve_pretrained
+    from ..core import resolve_pretrained
 
     return SentenceTransformer(resolve_pretrained(name), device=device)
 

@@ -1,14 +1,15 @@
-"""Assemble FgB2I pipelines from their parts: a diffusion backbone by name, the brain model, the decoders.
+"""Assemble FgB2I pipelines from their parts: a base (by name), a diffusion backbone, the brain model, the decoders.
 
     pipe = build_pipeline("ldm", "CompVis/stable-diffusion-v1-4", brain_model="out/brain_model",
                           decoders={"z_decoder": "out/decoders/subj01/z", "c_decoder": "out/decoders/subj01/c"})
 
-Backbones load component by component from their standard subfolders (``vae``, ``unet``, ``text_encoder``
-...), which also works for ``shi-labs/versatile-diffusion``, whose model_index.json names its text UNet
-under a pipeline module diffusers 0.42 no longer has. ``"tiny-random"`` builds random tiny components
-(``fgb2i_hf.testing``; mechanics only), and ``encoders_from=`` replaces the encoders with those the ridge
-decoders' targets were computed with (``fit_decoders`` saves them to ``<output_dir>/target_models``), so
-predicted and decoded embeddings live in the same space.
+The base's spec (``fgb2i_hf.pipelines.bases``) names the backbone, the pipeline class, the default scheduler and the
+decoder components. Backbones load component by component from their standard subfolders (``vae``, ``unet``,
+``text_encoder``...), which also works for ``shi-labs/versatile-diffusion``, whose model_index.json names its text
+UNet under a pipeline module diffusers 0.42 no longer has. ``"tiny-random"`` builds random tiny components
+(``fgb2i_hf.tiny``; mechanics only), and ``encoders_from=`` replaces the encoders with those the ridge decoders'
+targets were computed with (``fit_decoders`` saves them to ``<output_dir>/target_models``), so predicted and
+decoded embeddings live in the same space.
 """
 
 from __future__ import annotations
@@ -17,14 +18,8 @@ import os
 
 import torch
 
-from ..world import resolve_pretrained
-
-TINY_RANDOM = "tiny-random"
-BACKBONE_OF_BASE = {"ldm": "sd", "brain_diffuser": "vd", "mindeye": "vd"}
-DEFAULT_DIFFUSION_MODELS = {"sd": "CompVis/stable-diffusion-v1-4", "vd": "shi-labs/versatile-diffusion"}
-DEFAULT_SCHEDULERS = {"ldm": "ddim", "brain_diffuser": "ddim", "mindeye": "unipc"}  # Takagi, Brain-Diffuser, MindEye
-DECODER_COMPONENTS = {"ldm": ("z_decoder", "c_decoder"), "brain_diffuser": ("clip_text_decoder", "clip_vision_decoder"),
-                      "mindeye": ()}
+from ..core import TINY_RANDOM, resolve_pretrained
+from .bases import Backbone, BaseSpec, get_base
 
 
 def _scheduler_classes() -> dict:
@@ -32,21 +27,6 @@ def _scheduler_classes() -> dict:
 
     return {"ddim": DDIMScheduler, "unipc": UniPCMultistepScheduler, "pndm": PNDMScheduler,
             "dpm": DPMSolverMultistepScheduler}
-
-
-def _component_classes(kind: str) -> dict:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import (CLIPImageProcessor, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer,
-                              CLIPVisionModelWithProjection)
-
-    if kind == "sd":
-        return {"vae": AutoencoderKL, "text_encoder": CLIPTextModel, "tokenizer": CLIPTokenizer,
-                "unet": UNet2DConditionModel}
-    from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
-
-    return {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModelWithProjection,
-            "image_encoder": CLIPVisionModelWithProjection, "image_feature_extractor": CLIPImageProcessor,
-            "image_unet": UNet2DConditionModel, "text_unet": UNetFlatConditionModel, "vae": AutoencoderKL}
 
 
 def _load_component(cls, path: str, name: str, dtype, **kwargs):
@@ -62,10 +42,22 @@ def _has_subfolder(path: str, name: str) -> bool | None:
     return os.path.isdir(os.path.join(path, name)) if os.path.isdir(path) else None
 
 
-def load_backbone(name_or_path: str, kind: str, *, scheduler: str | None = None, encoders_from: str | None = None,
-                  dtype: torch.dtype = torch.float32, seed: int = 0, **hub_kwargs) -> dict:
-    """The diffusion components of a Stable Diffusion v1.x (``kind="sd"``) or Versatile Diffusion (``"vd"``)
-    model, as keyword arguments for ``FgB2ILDMPipeline`` / ``FgB2IVersatileDiffusionPipeline``.
+def _backbone(kind: Backbone | str) -> Backbone:
+    from .bases import STABLE_DIFFUSION, VERSATILE_DIFFUSION
+
+    if isinstance(kind, Backbone):
+        return kind
+    known = {b.name: b for b in (STABLE_DIFFUSION, VERSATILE_DIFFUSION)}
+    if kind not in known:
+        raise ValueError(f"backbone kind must be one of {sorted(known)} or a Backbone, got {kind!r}")
+    return known[kind]
+
+
+def load_backbone(name_or_path: str, kind: Backbone | str, *, scheduler: str | None = None,
+                  encoders_from: str | None = None, dtype: torch.dtype = torch.float32, seed: int = 0,
+                  **hub_kwargs) -> dict:
+    """The diffusion components of a backbone (``kind``: a :class:`Backbone`, ``"sd"`` or ``"vd"``), as keyword
+    arguments for its FgB2I pipeline.
 
     Args:
         name_or_path: a Hub name, a local folder in the diffusers layout, ``simnsd/<name>``, or
@@ -76,16 +68,15 @@ def load_backbone(name_or_path: str, kind: str, *, scheduler: str | None = None,
             ``image_feature_extractor``) replace the backbone's: the models the decoders' targets came from.
         hub_kwargs: ``revision``, ``cache_dir``, ``token``... for ``from_pretrained``.
     """
-    if kind not in DEFAULT_DIFFUSION_MODELS:
-        raise ValueError(f"backbone kind must be 'sd' or 'vd', got {kind!r}")
-    classes = _component_classes(kind)
+    backbone = _backbone(kind)
+    classes = backbone.component_classes()
     path = resolve_pretrained(name_or_path)
     if path == TINY_RANDOM:
-        from ..testing import tiny_sd_components, tiny_vd_components
-
-        components = (tiny_sd_components if kind == "sd" else tiny_vd_components)(seed=seed)
+        components = backbone.tiny_components(seed)
         if dtype != torch.float32:
             components = {k: (v.to(dtype) if isinstance(v, torch.nn.Module) else v) for k, v in components.items()}
+        if scheduler is not None:
+            components["scheduler"] = _scheduler_classes()[scheduler].from_config(components["scheduler"].config)
     else:
         if os.path.exists(os.path.expanduser(path)) and not os.path.isdir(path):
             raise ValueError(f"{name_or_path}: expected a folder in the diffusers layout or a Hub name")
@@ -101,77 +92,78 @@ def load_backbone(name_or_path: str, kind: str, *, scheduler: str | None = None,
             scheduler = {v.__name__: k for k, v in _scheduler_classes().items()}.get(config.get("_class_name"), "ddim")
         components["scheduler"] = _scheduler_classes()[scheduler].from_pretrained(path, subfolder="scheduler",
                                                                                    **hub_kwargs)
-    if scheduler is not None and path == TINY_RANDOM:
-        components["scheduler"] = _scheduler_classes()[scheduler].from_config(components["scheduler"].config)
     if encoders_from is not None:
         encoders_from = resolve_pretrained(encoders_from)
-        replaced = [name for name in ("vae", "text_encoder", "tokenizer", "image_encoder", "image_feature_extractor")
+        replaced = [name for name in backbone.encoder_components
                     if name in classes and os.path.isdir(os.path.join(encoders_from, name))]
         if not replaced:
-            raise ValueError(f"{encoders_from}: no encoder subfolders (vae, text_encoder, tokenizer, image_encoder, "
-                             "image_feature_extractor) to take the decoders' target models from")
+            raise ValueError(f"{encoders_from}: no encoder subfolders {list(backbone.encoder_components)} to take "
+                             "the decoders' target models from")
         for name in replaced:
             components[name] = _load_component(classes[name], encoders_from, name, dtype)
     return components
 
 
-def build_pipeline(base: str, diffusion_model: str | None = None, *, brain_model=None, caption_tokenizer=None,
-                   decoders: dict | None = None, scheduler: str | None = None, encoders_from: str | None = None,
-                   dtype: torch.dtype = torch.float32, device: str | torch.device | None = None, seed: int = 0,
-                   voxel_counts: dict[str, int] | None = None):
-    """An FgB2I pipeline for ``base`` (``"ldm"``, ``"brain_diffuser"``, ``"mindeye"``).
-
-    Args:
-        diffusion_model: see ``load_backbone`` (default: SD v1.4 for LDM, Versatile Diffusion otherwise).
-        brain_model: a BrainPrefixGPT2 or a path/name to load one from (its tokenizer is loaded from the same
-            place unless ``caption_tokenizer`` is given), or ``"tiny-random"``: a random tiny one for
-            ``voxel_counts`` (mechanics only).
-        decoders: ``{component: RidgeDecoder or path}``; LDM takes ``z_decoder``/``c_decoder``,
-            Brain-Diffuser ``clip_text_decoder``/``clip_vision_decoder``, MindEye none.
-        scheduler: default Takagi/Brain-Diffuser DDIM, MindEye UniPC.
-    """
-    if base not in BACKBONE_OF_BASE:
-        raise ValueError(f"`base` must be one of {sorted(BACKBONE_OF_BASE)}, got {base!r}")
-    kind = BACKBONE_OF_BASE[base]
-    components = load_backbone(diffusion_model or DEFAULT_DIFFUSION_MODELS[kind], kind,
-                               scheduler=scheduler or DEFAULT_SCHEDULERS[base], encoders_from=encoders_from,
-                               dtype=dtype, seed=seed)
+def load_brain_model(brain_model, caption_tokenizer=None, *, dtype: torch.dtype = torch.float32, seed: int = 0,
+                     voxel_counts: dict[str, int] | None = None):
+    """(BrainPrefixGPT2, tokenizer) from a model, a path/name (its tokenizer from the same place unless given), or
+    ``"tiny-random"`` (a random tiny one for ``voxel_counts``; mechanics only); ``(None, tokenizer)`` for None."""
     if brain_model == TINY_RANDOM:
-        from ..testing import tiny_brain_prefix_gpt2
+        from ..tiny import tiny_brain_prefix_gpt2
 
         if not voxel_counts:
             raise ValueError("brain_model='tiny-random' needs `voxel_counts` ({subject: number of voxels})")
-        brain_model, caption_tokenizer = tiny_brain_prefix_gpt2(dict(voxel_counts), seed=seed)
-    elif isinstance(brain_model, (str, os.PathLike)):
-        from transformers import AutoTokenizer
+        return tiny_brain_prefix_gpt2(dict(voxel_counts), seed=seed)
+    from transformers import AutoTokenizer
 
+    if isinstance(brain_model, (str, os.PathLike)):
         from ..models import BrainPrefixGPT2
 
         path = resolve_pretrained(str(brain_model))
         caption_tokenizer = caption_tokenizer or AutoTokenizer.from_pretrained(path)
         brain_model = BrainPrefixGPT2.from_pretrained(path, dtype=dtype).eval()
-    elif isinstance(caption_tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-
+    if isinstance(caption_tokenizer, (str, os.PathLike)):
         caption_tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(str(caption_tokenizer)))
+    return brain_model, caption_tokenizer
+
+
+def build_pipeline(base: str | BaseSpec, diffusion_model: str | None = None, *, brain_model=None,
+                   caption_tokenizer=None, decoders: dict | None = None, scheduler: str | None = None,
+                   encoders_from: str | None = None, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device | None = None, seed: int = 0,
+                   voxel_counts: dict[str, int] | None = None):
+    """The FgB2I pipeline of a base (a registered name such as ``"ldm"``, ``"brain_diffuser"``, ``"mindeye"``, or
+    a :class:`~fgb2i_hf.pipelines.bases.BaseSpec`).
+
+    Args:
+        diffusion_model: see ``load_backbone`` (default: the base's backbone's published model).
+        brain_model: a BrainPrefixGPT2 or a path/name to load one from, or ``"tiny-random"`` (see
+            :func:`load_brain_model`).
+        decoders: ``{component: RidgeDecoder or path}`` among the base's decoder components (LDM ``z_decoder``/
+            ``c_decoder``, Brain-Diffuser ``clip_text_decoder``/``clip_vision_decoder``, MindEye none).
+        scheduler: default: the base's (Takagi/Brain-Diffuser DDIM, MindEye UniPC).
+    """
+    from .pipeline_fgb2i import pipeline_class
+
+    spec = base if isinstance(base, BaseSpec) else get_base(base)
+    components = load_backbone(diffusion_model or spec.backbone.default_model, spec.backbone,
+                               scheduler=scheduler or spec.scheduler, encoders_from=encoders_from, dtype=dtype,
+                               seed=seed)
+    brain_model, caption_tokenizer = load_brain_model(brain_model, caption_tokenizer, dtype=dtype, seed=seed,
+                                                      voxel_counts=voxel_counts)
     loaded = {}
     for name, decoder in (decoders or {}).items():
-        if name not in DECODER_COMPONENTS[base]:
-            raise ValueError(f"the {base} base takes decoders {DECODER_COMPONENTS[base] or '(none)'}, not {name!r}")
+        if name not in spec.decoder_components:
+            raise ValueError(f"the {spec.name} base takes decoders {list(spec.decoder_components) or '(none)'}, "
+                             f"not {name!r}")
         if isinstance(decoder, (str, os.PathLike)):
             from ..decoders import RidgeDecoder
 
             decoder = RidgeDecoder.from_pretrained(resolve_pretrained(str(decoder)))
         loaded[name] = decoder
-    if kind == "sd":
-        from .pipeline_fgb2i_ldm import FgB2ILDMPipeline
-
-        pipe = FgB2ILDMPipeline(**components, brain_model=brain_model, caption_tokenizer=caption_tokenizer, **loaded)
-    else:
-        from .pipeline_fgb2i_versatile_diffusion import FgB2IVersatileDiffusionPipeline
-
-        pipe = FgB2IVersatileDiffusionPipeline(**components, brain_model=brain_model,
-                                               caption_tokenizer=caption_tokenizer, base=base, **loaded)
-        if pipe.text_unet is not None:
-            pipe.remove_unused_weights()  # its transformers now live in the dual image UNet
+    cls = pipeline_class(spec.backbone.pipeline)
+    pipe = cls(**components, brain_model=brain_model, caption_tokenizer=caption_tokenizer, **loaded,
+               base=spec.name, settings=dict(spec.pipeline_settings))
+    if getattr(pipe, "text_unet", None) is not None:
+        pipe.remove_unused_weights()  # its transformers now live in the dual image UNet
     return pipe.to(device) if device is not None else pipe

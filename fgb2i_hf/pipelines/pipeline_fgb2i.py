@@ -38,7 +38,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..world import resolve_pretrained
+from ..core import resolve_pretrained
 
 FUSION_MODES = ("average", "guidance")
 PACKAGE = __name__.split(".")[0]
@@ -169,6 +169,19 @@ class FgB2IPipeline(DiffusionPipeline):
     # Passed to generate_captions under the caller's kwargs; empty: the model's own defaults (greedy,
     # max_new_tokens = config.max_caption_tokens).
     default_caption_generation_kwargs: dict[str, Any] = {}
+    # The call's defaults where the base's settings (``self.config.settings``) give none.
+    default_settings: dict[str, Any] = {}
+
+    def setting(self, name: str, given=None):
+        """``given`` unless it is None, else the base's setting (``config.settings``), else the class default."""
+        if given is not None:
+            return given
+        settings = getattr(self.config, "settings", None) or {}
+        if name in settings:
+            return settings[name]
+        if name in self.default_settings:
+            return self.default_settings[name]
+        raise ValueError(f"no value for {name!r}: pass it to the call or set it in the base's settings")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -326,6 +339,13 @@ class FgB2IPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != total:
             raise ValueError(f"got a list of {len(generator)} generators for {total} images "
                              "(batch size x num_images_per_prompt); pass one per image or a single generator")
+
+
+def pipeline_class(name: str) -> type:
+    """The FgB2I pipeline class registered under ``name`` (every ``FgB2IPipeline`` subclass registers itself)."""
+    if name not in _PIPELINE_CLASSES:
+        raise ValueError(f"no FgB2I pipeline class named {name!r} (known: {sorted(_PIPELINE_CLASSES)})")
+    return _PIPELINE_CLASSES[name]
 
 
 def import_component_modules(model_index: dict) -> list[str]:

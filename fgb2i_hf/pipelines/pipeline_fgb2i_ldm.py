@@ -47,6 +47,8 @@ class FgB2ILDMPipeline(FgB2IPipeline):
 
     model_cpu_offload_seq = "brain_model->text_encoder->unet->vae"
     _optional_components = ["brain_model", "caption_tokenizer", "z_decoder", "c_decoder"]
+    # Takagi & Nishimoto's img2img settings (diffusion_decoding.py); a base's ``settings`` may override them
+    default_settings = {"strength": 0.8, "guidance_scale": 5.0, "num_inference_steps": 50}
 
     def __init__(
         self,
@@ -59,11 +61,18 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         caption_tokenizer=None,
         z_decoder=None,
         c_decoder=None,
+        base: str = "ldm",
+        settings: dict | None = None,
     ):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler, brain_model=brain_model, caption_tokenizer=caption_tokenizer,
                               z_decoder=z_decoder, c_decoder=c_decoder)
+        unknown = sorted(set(settings or {}) - set(self.default_settings))
+        if unknown:
+            raise ValueError(f"settings {unknown} are not settings of {type(self).__name__} "
+                             f"(it has {sorted(self.default_settings)})")
+        self.register_to_config(base=base, settings=dict(settings or {}))
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -97,9 +106,9 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         base_embeds: torch.Tensor | None = None,
         height: int | None = None,
         width: int | None = None,
-        strength: float = 0.8,
-        guidance_scale: float = 5.0,
-        num_inference_steps: int = 50,
+        strength: float | None = None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
         eta: float = 0.0,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -118,7 +127,8 @@ class FgB2ILDMPipeline(FgB2IPipeline):
             base_latents: (B, 4, h, w) scaled latents z, instead of ``z_decoder.predict(betas)``.
             base_embeds: (B, 77, D) text conditioning c, instead of ``c_decoder.predict(betas)``.
             height, width: output size; when it differs from z's, z goes through Takagi's VAE round trip.
-            strength, guidance_scale, num_inference_steps, eta: img2img settings (Takagi: 0.8, 5.0, 50, 0).
+            strength, guidance_scale, num_inference_steps, eta: img2img settings (default: the base's settings,
+                else Takagi's 0.8, 5.0, 50; eta 0).
             num_images_per_prompt: samples per row of betas.
             generator: a ``torch.Generator`` or one per image (B * num_images_per_prompt).
             caption_generation_kwargs: passed to ``brain_model.generate_captions`` (e.g. ``num_beams``).
@@ -129,6 +139,9 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         """
         # 1. check inputs
         self.check_fusion(w, fusion)
+        strength = self.setting("strength", strength)
+        guidance_scale = self.setting("guidance_scale", guidance_scale)
+        num_inference_steps = self.setting("num_inference_steps", num_inference_steps)
         device, dtype = self._execution_device, self.unet.dtype
         if betas is not None:
             betas, subject = prepare_betas(betas, subject)

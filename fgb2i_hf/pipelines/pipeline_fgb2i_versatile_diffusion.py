@@ -7,22 +7,13 @@ outputs: ``out = m * text_stream + (1 - m) * image_stream`` (diffusers' ``DualTr
 ``VersatileDiffusionDualGuidedPipeline`` (it subclasses it: the dual-attention conversion and the
 text encoding are diffusers' own) and replaces the call.
 
-The two bases (``base=`` at construction, saved in model_index.json):
-
-* ``"brain_diffuser"`` (Ozcelik & VanRullen 2023; ozcelikfu/brain-diffuser,
-  ``versatilediffusion_reconstruct_images.py``): ridge regressions predict VD's CLIP-text (77 x 768, the
-  mean over the COCO captions) and CLIP-vision (257 x 768) embeddings; img2img from the VDVAE low-level
-  reconstruction, strength 0.75, text weight m = 0.4, 50 DDIM steps, guidance 7.5; the unconditional
-  contexts are the embeddings of the empty prompt and of a mid-grey image.
-  FgB2I: text context = ``w * CLIP_text(caption) + (1 - w) * ridge CLIP-text``.
-* ``"mindeye"`` (Scotti et al. 2023; MedARC-AI/fMRI-reconstruction-NSD, ``Reconstructions.py`` and
-  ``utils.reconstruction``): the diffusion prior's CLIP-image embeddings (257 x 768, divided by their first
-  token's norm) are the image context and the text stream is switched off (m = 0, text context zeros);
-  img2img from the blurry low-level reconstruction, strength 0.85, 20 steps (MindEye uses UniPC), guidance
-  3.5; the unconditional contexts are zeros; the blurry image is normalised with CLIP's mean and std before
-  the VAE encodes it, as MindEye's code does.
-  FgB2I: MindEye has no text embedding to average with, so the paper's weighted average is taken where
-  text and image conditioning meet, in the dual attention: text context = CLIP_text(caption), m = w.
+The base (``base=`` at construction; its settings are the registered spec's ``pipeline_settings``, saved in
+``model_index.json``) decides the call's defaults and how the text bridge fuses, through
+:class:`VersatileDiffusionSettings`: a base with its own text stream (``text_mix`` set, e.g. Brain-Diffuser's 0.4)
+averages the decoded caption's embedding into its ridge text context, ``w * text + (1 - w) * base``; a base with
+none (``text_mix=None``, MindEye) takes the caption's embedding as the text context and ``w`` as the dual attention's
+text weight, so the paper's weighted average happens where text and image conditioning meet. See
+``fgb2i_hf/pipelines/bases/brain_diffuser.py`` and ``mindeye.py`` for the published settings.
 
 In ``fusion="guidance"`` the base and text conditions are separate UNet branches composed in guidance
 (see ``pipeline_fgb2i``); for MindEye the text branch uses m = 1 (text alone).
@@ -45,6 +36,7 @@ from diffusers.pipelines.deprecated.versatile_diffusion import VersatileDiffusio
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, images_to_tensor
+from .bases import get_base
 from .mindeye_inputs import MindEyeInputs
 from .pipeline_fgb2i import (
     FgB2IPipeline,
@@ -60,27 +52,28 @@ VD_VISION_TOKENS = 257  # CLIP ViT-L/14 at 224 px: 16 x 16 patches + the class t
 
 
 @dataclass(frozen=True)
-class VersatileDiffusionBase:
-    """The published settings of a base method on Versatile Diffusion (defaults of the call)."""
+class VersatileDiffusionSettings:
+    """How a base runs on Versatile Diffusion (the call's defaults and the fusion rule)."""
 
-    name: str
     strength: float
     num_inference_steps: int
     guidance_scale: float
-    text_mix: float | None  # the dual attention's text weight; None: the fusion weight w is the text weight
+    text_mix: float | None  # the dual attention's text weight; None: the base has no text stream, w is the weight
     uncond: str  # "encoded": empty prompt + grey image through the encoders; "zeros"
     init_normalization: str  # "vae": [0, 1] -> [-1, 1]; "clip": CLIP mean/std (MindEye's code)
     normalize_vision_embeds: bool  # divide each embedding by its first token's norm (MindEye)
+    base_text: str  # "decoder": the base's text context is clip_text_decoder's prediction; "none": zeros
 
-
-BASES = {
-    "brain_diffuser": VersatileDiffusionBase("brain_diffuser", strength=0.75, num_inference_steps=50,
-                                             guidance_scale=7.5, text_mix=0.4, uncond="encoded",
-                                             init_normalization="vae", normalize_vision_embeds=False),
-    "mindeye": VersatileDiffusionBase("mindeye", strength=0.85, num_inference_steps=20, guidance_scale=3.5,
-                                      text_mix=None, uncond="zeros", init_normalization="clip",
-                                      normalize_vision_embeds=True),
-}
+    def __post_init__(self):
+        if self.uncond not in ("encoded", "zeros"):
+            raise ValueError(f"settings.uncond must be 'encoded' or 'zeros', got {self.uncond!r}")
+        if self.init_normalization not in ("vae", "clip"):
+            raise ValueError(f"settings.init_normalization must be 'vae' or 'clip', got {self.init_normalization!r}")
+        if self.base_text not in ("decoder", "none"):
+            raise ValueError(f"settings.base_text must be 'decoder' or 'none', got {self.base_text!r}")
+        if (self.base_text == "none") != (self.text_mix is None):
+            raise ValueError("a base without a text context (base_text='none') takes w as its text weight "
+                             "(text_mix=None), and one with a text context needs a text_mix")
 
 
 def _drop_encoder_attention_mask(module, args, kwargs):
@@ -131,18 +124,20 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         clip_text_decoder=None,
         clip_vision_decoder=None,
         base: str = "brain_diffuser",
+        settings: dict | None = None,
     ):
         # Not super().__init__(): the next class in the MRO is VersatileDiffusionDualGuidedPipeline, whose
         # __init__ registers a fixed set of modules; ours registers its own.
         DiffusionPipeline.__init__(self)
-        if base not in BASES:
-            raise ValueError(f"`base` must be one of {sorted(BASES)}, got {base!r}")
+        if settings is None:
+            settings = dict(get_base(base).pipeline_settings)
+        self._settings = VersatileDiffusionSettings(**settings)
         self.register_modules(tokenizer=tokenizer, image_feature_extractor=image_feature_extractor,
                               text_encoder=text_encoder, image_encoder=image_encoder, image_unet=image_unet,
                               text_unet=text_unet, vae=vae, scheduler=scheduler, brain_model=brain_model,
                               caption_tokenizer=caption_tokenizer, clip_text_decoder=clip_text_decoder,
                               clip_vision_decoder=clip_vision_decoder)
-        self.register_to_config(base=base)
+        self.register_to_config(base=base, settings=dict(settings))
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         if not getattr(self.image_unet.config, "dual_cross_attention", False):
@@ -153,8 +148,9 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         patch_dual_attention(self.image_unet)
 
     @property
-    def base(self) -> VersatileDiffusionBase:
-        return BASES[self.config.base]
+    def base(self) -> VersatileDiffusionSettings:
+        """The settings of this pipeline's base (``self.config.base``)."""
+        return self._settings
 
     @property
     def context_dim(self) -> int:
@@ -302,7 +298,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         guidance_scale = base.guidance_scale if guidance_scale is None else guidance_scale
         num_inference_steps = base.num_inference_steps if num_inference_steps is None else num_inference_steps
         if base.text_mix is None and text_mix is not None:
-            raise ValueError(f"the {base.name} base has no text stream of its own: its text weight is `w`")
+            raise ValueError(f"the {self.config.base} base has no text stream of its own: its text weight is `w`")
         base_mix = base.text_mix if text_mix is None else text_mix
         height = height or self.image_unet.config.sample_size * self.vae_scale_factor
         width = width or self.image_unet.config.sample_size * self.vae_scale_factor
@@ -319,23 +315,25 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         self.check_generator(generator, batch_size * num_images_per_prompt)
         do_cfg = guidance_scale > 1.0
         text_shape = (self.text_tokens, self.context_dim)
-        # MindEye never runs the image encoder (its unconditional context is zeros): its embeddings set the length
-        vision_tokens = None if base.name == "mindeye" else self.vision_tokens
+        # the image encoder's token count binds only where the base runs it (its grey-image unconditional context);
+        # otherwise the given embeddings set the length
+        vision_tokens = self.vision_tokens if base.uncond == "encoded" else None
         if vision_tokens is None and base_vision_embeds is not None:
             vision_tokens = torch.as_tensor(base_vision_embeds).shape[-2]
         vision_shape = (vision_tokens or VD_VISION_TOKENS, self.context_dim)
 
         # 2. the base method's conditioning
         if base_vision_embeds is None:
-            if base.name == "mindeye":
-                raise ValueError("the MindEye base needs its CLIP-image embeddings: pass `base_vision_embeds` "
-                                 "or `mindeye_inputs` with `nsd_ids`")
+            if self.clip_vision_decoder is None:
+                raise ValueError(f"the {self.config.base} base needs its CLIP-image embeddings: pass "
+                                 "`base_vision_embeds` (or `mindeye_inputs` with `nsd_ids`), or give the pipeline a "
+                                 "`clip_vision_decoder`")
             base_vision_embeds = self.predict_with(self.clip_vision_decoder, "clip_vision_decoder", self._need(betas),
                                                    subject, vision_shape, device, dtype)
         vision = self.check_embeds("base_vision_embeds", base_vision_embeds, batch_size, vision_shape, device, dtype)
         if base.normalize_vision_embeds:
             vision = vision / (vision[:, :1].norm(dim=-1, keepdim=True) + 1e-6)
-        if base.name == "brain_diffuser":
+        if base.base_text == "decoder":
             if base_text_embeds is None:
                 base_text_embeds = self.predict_with(self.clip_text_decoder, "clip_text_decoder", self._need(betas),
                                                      subject, text_shape, device, dtype)
@@ -344,7 +342,8 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
             base_embeds = base_text
         else:
             if base_text_embeds is not None:
-                raise ValueError("the MindEye base has no text embedding; `base_text_embeds` is for Brain-Diffuser")
+                raise ValueError(f"the {self.config.base} base has no text embedding of its own; `base_text_embeds` "
+                                 "is for bases with a text context")
             base_text = torch.zeros(batch_size, *text_shape, device=device, dtype=dtype)
             base_embeds = vision
 
@@ -367,7 +366,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
             fused = torch.cat([base_text, vision], dim=1)
             conds = [(dual(base_text, vision), used_mix)]
         elif fusion == "average":
-            if base.name == "brain_diffuser":
+            if base.text_mix is not None:  # the base has a text stream: average into it (the paper)
                 text_context, used_mix = fuse_embeddings(text_embeds, base_text, w), base_mix
             else:
                 text_context, used_mix = text_embeds, float(w)

@@ -64,6 +64,7 @@ class CLIPTextImageReward:
     """
 
     __name__ = "clip_text_image"
+    needs = ("clip", "stimuli", "device")
 
     def __init__(self, clip: CLIPScorer | str = "ViT-L-14-quickgelu", pretrained: str | None = "openai",
                  stimuli=None, device: str | None = None):
@@ -87,13 +88,13 @@ class TextToImageRenderer:
 
     def __init__(self, pipeline: str | Any = "CompVis/stable-diffusion-v1-4", num_inference_steps: int = 4,
                  guidance_scale: float = 7.5, height: int | None = None, width: int | None = None, seed: int = 0,
-                 device: str | None = None, batch_size: int = 8):
+                 device: str | None = None, batch_size: int = 8, dtype: torch.dtype | None = None):
         if isinstance(pipeline, str):
             from diffusers import DiffusionPipeline
 
-            from ..world import resolve_pretrained
+            from ..core import resolve_pretrained
 
-            pipeline = DiffusionPipeline.from_pretrained(resolve_pretrained(pipeline))
+            pipeline = DiffusionPipeline.from_pretrained(resolve_pretrained(pipeline), **({"dtype": dtype} if dtype else {}))
             if device is not None:
                 pipeline = pipeline.to(device)
         self.pipeline = pipeline
@@ -132,6 +133,7 @@ class CLIPImageImageReward:
     """
 
     __name__ = "clip_image_image"
+    needs = ("clip", "stimuli", "renderer", "device")
 
     def __init__(self, renderer: str | Callable = "CompVis/stable-diffusion-v1-4", render_kwargs: dict | None = None,
                  clip: CLIPScorer | str = "ViT-L-14-quickgelu", pretrained: str | None = "openai", stimuli=None,

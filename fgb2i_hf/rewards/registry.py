@@ -7,6 +7,17 @@ repeated once per completion (``captions``, ``fine_captions``, ``objects``, ``ns
 
 Rewards are named in YAML by a registered name (``object_accuracy``, ``clip_text_image``,
 ``clip_image_image``) or by ``"package.module:attribute"`` for a user's own.
+
+A reward declares the resources it needs beyond the batch's columns as a ``needs`` attribute, a tuple of keyword
+argument names of its factory (``CLIPTextImageReward.needs == ("clip", "stimuli", "device")``). Whoever builds the
+rewards (the RL driver) offers the resources it can make as a :class:`RewardResources`; ``get_reward`` hands each
+reward exactly what it declares, built on first use, so nothing outside a reward's own file names it.
+
+    needs    what it is
+    clip     a ``fgb2i_hf.clip.CLIPScorer`` (shared by the CLIP rewards)
+    stimuli  ``nsd_id -> uint8 (H, W, 3)`` stimulus images (``fgb2i_hf.data.NSDStimuli``)
+    renderer ``prompts -> images``, a text-to-image renderer (``TextToImageRenderer``)
+    device   the device the reward's models run on (``accelerator.device``)
 """
 
 from __future__ import annotations
@@ -57,19 +68,60 @@ def _import_attribute(spec: str):
         raise ValueError(f"reward {spec!r}: module {module_name!r} has no attribute {attribute!r}") from None
 
 
-def get_reward(name_or_path: str, **kwargs: Any) -> RewardFunction:
+class RewardResources:
+    """Resources offered to rewards: ``{name: zero-argument factory}``, each built once, on first use.
+
+    ``RewardResources(clip=lambda: CLIPScorer.from_pretrained(...), stimuli=lambda: NSDStimuli(root))``;
+    ``values`` are given ready-made (``RewardResources(values={"device": "cuda"})``).
+    """
+
+    def __init__(self, values: dict[str, Any] | None = None, **factories: Callable[[], Any]):
+        self._factories = dict(factories)
+        self._built: dict[str, Any] = dict(values or {})
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._built or name in self._factories
+
+    def names(self) -> list[str]:
+        return sorted(set(self._built) | set(self._factories))
+
+    def get(self, name: str):
+        if name not in self._built:
+            if name not in self._factories:
+                raise KeyError(name)
+            self._built[name] = self._factories[name]()
+        return self._built[name]
+
+
+def _factory(name_or_path: str):
+    if name_or_path in _REGISTRY:
+        return _REGISTRY[name_or_path]
+    if ":" in name_or_path:
+        return _import_attribute(name_or_path)
+    raise ValueError(f"unknown reward {name_or_path!r}; registered rewards: {available_rewards()}, "
+                     "or give 'package.module:attribute'")
+
+
+def reward_needs(name_or_path: str) -> tuple[str, ...]:
+    """The resources a reward declares (its ``needs`` attribute; none when it has no such attribute)."""
+    return tuple(getattr(_factory(name_or_path), "needs", ()))
+
+
+def get_reward(name_or_path: str, resources: RewardResources | dict | None = None, **kwargs: Any) -> RewardFunction:
     """A reward callable from a registered name or ``"package.module:attribute"``.
 
     Classes are instantiated with ``kwargs``; functions are returned as they are, or with ``kwargs``
-    bound (``functools.partial``).
+    bound (``functools.partial``). Each resource the reward declares in ``needs`` and ``kwargs`` does not set is
+    taken from ``resources`` when offered there (a plain dict counts as ready-made values); a declared need that
+    is neither given nor offered keeps the factory's own default.
     """
-    if name_or_path in _REGISTRY:
-        factory = _REGISTRY[name_or_path]
-    elif ":" in name_or_path:
-        factory = _import_attribute(name_or_path)
-    else:
-        raise ValueError(f"unknown reward {name_or_path!r}; registered rewards: {available_rewards()}, "
-                         "or give 'package.module:attribute'")
+    factory = _factory(name_or_path)
+    if resources is not None:
+        if isinstance(resources, dict):
+            resources = RewardResources(values=resources)
+        for need in getattr(factory, "needs", ()):
+            if need not in kwargs and need in resources:
+                kwargs[need] = resources.get(need)
     if isinstance(factory, type):
         return factory(**kwargs)
     if not callable(factory):

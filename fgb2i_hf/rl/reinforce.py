@@ -163,13 +163,15 @@ class ReinforceTrainer:
         config: :class:`ReinforceConfig`.
         train_dataset: NSD rows (``fgb2i_hf.data.load_nsd``); every column but ``betas`` reaches the rewards.
         rewards: reward callables in the order of ``config.rewards``; built from the names when omitted,
-            with ``reward_kwargs`` and ``reward_context`` (e.g. ``{"stimuli": NSDStimuli(root)}`` for the CLIP
-            rewards) as keyword arguments.
+            with ``reward_kwargs`` and, for the resources each reward declares (its ``needs``: ``clip``,
+            ``stimuli``, ``renderer``, ``device``), ``reward_context``: a ``fgb2i_hf.rewards.RewardResources`` or a
+            dict of ready values (e.g. ``{"stimuli": NSDStimuli(root), "clip": scorer}``); ``device`` defaults to
+            the accelerator's.
         accelerator: an ``accelerate.Accelerator``; a default one is made otherwise.
     """
 
     def __init__(self, model, tokenizer, config: ReinforceConfig, train_dataset, rewards: Sequence[Callable] | None = None,
-                 reward_context: dict[str, Any] | None = None, accelerator=None):
+                 reward_context=None, accelerator=None):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -226,15 +228,18 @@ class ReinforceTrainer:
         self.timings: dict[str, list[float]] = defaultdict(list)
 
     # -- rewards ------------------------------------------------------------------------------------------
-    def _build_rewards(self, context: dict[str, Any]) -> list[Callable]:
-        fns = []
-        for name in self.config.rewards:
-            kwargs = dict(self.config.reward_kwargs.get(name, {}))
-            if name in ("clip_text_image", "clip_image_image"):
-                for key, value in context.items():
-                    kwargs.setdefault(key, value)
-            fns.append(get_reward(name, **kwargs))
-        return fns
+    def _build_rewards(self, resources) -> list[Callable]:
+        """Each configured reward, given the resources it declares (``fgb2i_hf.rewards.reward_needs``) from
+        ``resources``, and the trainer's device for those that run models."""
+        from ..rewards import RewardResources
+
+        if isinstance(resources, dict):
+            resources = RewardResources(values=resources)
+        if "device" not in resources:
+            resources = RewardResources(values={"device": self.accelerator.device},
+                                        **{n: (lambda n=n: resources.get(n)) for n in resources.names()})
+        return [get_reward(name, resources=resources, **self.config.reward_kwargs.get(name, {}))
+                for name in self.config.rewards]
 
     def score(self, completions: list[str], columns: dict[str, list], repeats: int) -> dict[str, np.ndarray]:
         """Every reward on ``completions``; ``columns`` hold one value per brain, repeated ``repeats`` times."""

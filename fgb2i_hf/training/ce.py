@@ -7,32 +7,19 @@
   split (greedy by default) and logs caption metrics and object P/R/F1 beside the eval loss
   (``eval_BLEU-4``, ``eval_object_F1``...; usable as ``metric_for_best_model``). Its eval loss uses a collator of
   its own, fixed at epoch 0, so the loss curve does not jump with the caption choice.
-* :func:`run_ce` is the whole recipe: data, checks, model, training, ``<output_dir>/final`` (model + tokenizer +
-  the run's config), the test table beside the shuffled-brain control, and the Hub.
+The run around them (data, model, final evaluation, the Hub) is ``fgb2i_hf.drivers.ce.run_ce``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import shutil
-import time
-from typing import Any
 
 import numpy as np
-import torch
 from transformers import Trainer, TrainerCallback
 
 from ..data.collate import BrainCaptionCollator
-from ..caption_evaluation import write_predictions
-from ..evaluation import caption_report, decode_dataset, evaluate_with_control
-from .arguments import CEScriptArguments
-from .build import build_model_and_tokenizer, load_ce_data, prepare_ce_data, voxel_counts_of
-
-FINAL_DIR = "final"
-CONFIG_NAME = "train_ce_config.json"
+from ..evaluation import caption_report, decode_dataset
 
 
 class CaptionEpochCallback(TrainerCallback):
@@ -116,151 +103,3 @@ class BrainCaptionTrainer(Trainer):
         return scores[0]
 
 
-def _versions() -> dict[str, str]:
-    import accelerate
-    import datasets
-    import transformers
-    import trl
-
-    from .. import __version__
-
-    return {"fgb2i_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "datasets": datasets.__version__, "trl": trl.__version__}
-
-
-def run_config(script_args: CEScriptArguments, training_args) -> dict:
-    """The run's settings as saved beside the model: both argument sets and the library versions."""
-    return {"script_arguments": dataclasses.asdict(script_args),
-            "training_arguments": json.loads(training_args.to_json_string()), "versions": _versions()}
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def configure_training_arguments(training_args) -> None:
-    """The settings this model needs whatever the config says (hf-gotchas §3)."""
-    # the collator reads subject/captions/nsd_id, which are not forward() arguments
-    training_args.remove_unused_columns = False
-    # a batch rarely holds every subject: the absent subjects' layers get no gradient under DDP
-    if training_args.ddp_find_unused_parameters is None:
-        training_args.ddp_find_unused_parameters = True
-    if training_args.dataloader_num_workers and training_args.dataloader_persistent_workers:
-        raise ValueError("dataloader_persistent_workers=True keeps collator copies in the workers, so the caption "
-                         "choice could not follow the epoch; use dataloader_persistent_workers=False")
-
-
-def _resume_value(value):
-    if isinstance(value, str) and value.lower() in ("true", "latest"):
-        return True
-    if isinstance(value, str) and value.lower() in ("", "false", "none"):
-        return None
-    return value
-
-
-def run_ce(script_args: CEScriptArguments, training_args, data=None, callbacks=None) -> dict:
-    """Train stage 1 and save ``<output_dir>/final``; returns a summary (also ``<output_dir>/result.json``).
-
-    ``data``: a ``DatasetDict`` (train + the eval split) instead of reading ``script_args.nsd_root``.
-    ``callbacks``: extra ``TrainerCallback``s.
-    """
-    from transformers import set_seed
-
-    from ..metrics import MeteorScorer
-
-    start = time.perf_counter()
-    configure_training_arguments(training_args)
-    if data is None:
-        with training_args.main_process_first(desc="NSD data"):  # one process simulates/builds, the others read
-            data = load_ce_data(script_args)
-    train, evaluation = prepare_ce_data(script_args, data)
-    if training_args.eval_strategy != "no" and evaluation is None:
-        raise ValueError(f"eval_strategy={training_args.eval_strategy!r} needs an eval_split")
-    voxel_counts = voxel_counts_of(train, script_args.subjects)
-    set_seed(training_args.seed)
-    captions = [c for cs in train[script_args.caption_column] for c in cs]
-    model, tokenizer = build_model_and_tokenizer(script_args, voxel_counts, captions)
-
-    collator = BrainCaptionCollator(tokenizer, caption_column=script_args.caption_column,
-                                    max_length=script_args.max_caption_tokens, seed=training_args.seed)
-    eval_collator = BrainCaptionCollator(tokenizer, caption_column=script_args.eval_references,
-                                         max_length=script_args.max_caption_tokens, seed=training_args.seed)
-    as_numpy = dict(type="numpy", columns=["betas"], output_all_columns=True)  # ~4x faster rows than Python lists
-    generation = {"num_beams": script_args.eval_num_beams, "max_new_tokens": script_args.max_caption_tokens}
-    needs_meteor = "METEOR" in script_args.caption_eval_metrics and training_args.eval_strategy != "no"
-    meteor = MeteorScorer() if needs_meteor and training_args.process_index == 0 else None
-    trainer = BrainCaptionTrainer(
-        model=model, args=training_args, train_dataset=train.with_format(**as_numpy),
-        eval_dataset=evaluation.with_format(**as_numpy) if evaluation is not None else None,
-        data_collator=collator, eval_collator=eval_collator, processing_class=tokenizer,
-        callbacks=[CaptionEpochCallback(collator), *(callbacks or [])],
-        caption_metrics=script_args.caption_eval_metrics, caption_references=script_args.eval_references,
-        generation_kwargs=generation, decode_batch_size=script_args.eval_batch_size, meteor=meteor)
-    prepared = time.perf_counter()
-    try:
-        train_output = trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
-    finally:
-        if meteor is not None:
-            meteor.close()
-    trained = time.perf_counter()
-
-    output_dir = training_args.output_dir
-    final = os.path.join(output_dir, FINAL_DIR)
-    tmp = final + ".tmp"
-    if trainer.is_world_process_zero() and os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    trainer.save_model(tmp)  # model (safetensors + config + model card) and tokenizer, on the main process
-    config = run_config(script_args, training_args)
-    result: dict[str, Any] = {
-        "final_model": final, "global_step": trainer.state.global_step, "epochs": trainer.state.epoch,
-        "train_loss": train_output.training_loss, "processes": trainer.accelerator.num_processes,
-        "seconds": {"setup": prepared - start, "train": trained - prepared},
-        "log_history": trainer.state.log_history,
-    }
-    if trainer.is_world_process_zero():
-        _write_json(os.path.join(tmp, CONFIG_NAME), config)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if evaluation is not None:
-            result["eval"] = final_evaluation(trainer.accelerator.unwrap_model(trainer.model), tokenizer, evaluation,
-                                              script_args, output_dir)
-        result["seconds"]["total"] = time.perf_counter() - start
-        _write_json(os.path.join(output_dir, "result.json"), result)
-        if training_args.push_to_hub:
-            push_final(trainer, final)
-    trainer.accelerator.wait_for_everyone()
-    return result
-
-
-def final_evaluation(model, tokenizer, dataset, script_args: CEScriptArguments, output_dir: str) -> dict:
-    """Decode ``dataset`` from real and shuffled brains; write ``eval_<split>.md/.json`` (the table, control as
-    baseline), ``eval_<split>_predictions.jsonl`` and BrainHub's ``eval_<split>_{predictions,control}_<subject>.json``
-    to ``output_dir``; return the table's JSON (rows, deltas, per-subject rows)."""
-    result = evaluate_with_control(model, tokenizer, dataset, references=script_args.eval_references,
-                                   metrics=script_args.final_eval_metrics, batch_size=script_args.eval_batch_size,
-                                   seed=script_args.control_seed, per_subject=len(script_args.subjects) > 1,
-                                   progress=False, num_beams=script_args.eval_num_beams,
-                                   max_new_tokens=script_args.max_caption_tokens)
-    prefix = f"eval_{script_args.eval_split}"
-    result.write(os.path.join(output_dir, prefix))
-    write_predictions(output_dir, dataset, result.predictions, result.control_predictions,
-                      script_args.eval_references, prefix=prefix + "_")
-    return result.to_json()
-
-
-def push_final(trainer, folder: str) -> str:
-    """Upload ``folder`` (the final model, tokenizer, config and card) to ``hub_model_id`` (default: the output
-    folder's name under the user's account), as Trainer names its repository."""
-    from huggingface_hub import HfApi
-
-    args = trainer.args
-    api = HfApi(token=args.hub_token)
-    repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-    repo_id = api.create_repo(repo_id, private=args.hub_private_repo, exist_ok=True).repo_id
-    api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Stage-1 (cross-entropy) BrainPrefixGPT2")
-    return repo_id

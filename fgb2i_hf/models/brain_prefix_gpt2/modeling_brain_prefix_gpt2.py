@@ -28,7 +28,7 @@ from transformers import GPT2LMHeadModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ...world import resolve_pretrained
+from ...core import resolve_pretrained
 from .configuration_brain_prefix_gpt2 import BrainPrefixGPT2Config, check_subject_name
 
 

@@ -39,8 +39,8 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import scenes as sc
-from .coco import COCO_CATEGORIES, COCO_CATEGORY_ID
-from .layout import BETAS_SCALE, NSDPaths, TRIALS_PER_SESSION, subject_id, subject_index
+from ..data.coco import COCO_CATEGORIES, COCO_CATEGORY_ID
+from ..data.layout import BETAS_SCALE, NSDPaths, TRIALS_PER_SESSION, subject_id, subject_index
 
 SIMNSD_VERSION = "1.0"
 _REAL_GRIDS = {"subj01": (81, 104, 83), "subj02": (82, 106, 84), "subj03": (81, 106, 82), "subj04": (85, 99, 80),

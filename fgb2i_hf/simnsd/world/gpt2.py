@@ -70,7 +70,7 @@ def train_gpt2(config: GPT2TrainingConfig, data, seed: int = 0, device: str = "c
     from tqdm.auto import tqdm
     from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
-    from ..tokenization import train_caption_tokenizer
+    from ...tokenization import train_caption_tokenizer
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

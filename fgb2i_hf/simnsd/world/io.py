@@ -87,7 +87,7 @@ def versions() -> dict:
     import open_clip
     import transformers
 
-    from .. import __version__
+    from ... import __version__
 
     return {"fgb2i_hf": __version__, "torch": str(torch.__version__), "transformers": transformers.__version__,
             "diffusers": diffusers.__version__, "open_clip_torch": open_clip.__version__,

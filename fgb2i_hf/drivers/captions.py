@@ -17,14 +17,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .audit import (TRUTH_CHOICES, AuditThresholds, audit_captions, clip_agreement, filter_records, flag_audits,
+from ..captions.audit import (TRUTH_CHOICES, AuditThresholds, audit_captions, clip_agreement, filter_records, flag_audits,
                     image_truth, summarize, write_report)
-from .cache import CaptionCacheError, read_cache, write_records_atomic
-from .enhance import DEFAULT_MODEL, DEFAULT_PROMPT, EnhanceSummary, ImageCaptioner, enhance_captions
+from ..captions.cache import CaptionCacheError, read_cache, write_records_atomic
+from ..captions.enhance import DEFAULT_MODEL, DEFAULT_PROMPT, EnhanceSummary, ImageCaptioner, enhance_captions
 
 logger = logging.getLogger(__name__)
 
-TINY_RANDOM = "tiny-random"  # model name for smoke runs: fgb2i_hf.testing.tiny_llava, random weights
+from ..core import TINY_RANDOM  # smoke runs: fgb2i_hf.tiny.tiny_llava, random weights
 
 
 # -- NSD look-ups ------------------------------------------------------------------------------------------------
@@ -139,11 +139,11 @@ class EnhanceCaptionsConfig:
 
 
 def build_captioner(config: EnhanceCaptionsConfig) -> ImageCaptioner:
-    """The captioner a config asks for (``tiny-random`` builds the random tiny LLaVA of ``fgb2i_hf.testing``)."""
+    """The captioner a config asks for (``tiny-random`` builds the random tiny LLaVA of ``fgb2i_hf.tiny``)."""
     kwargs = dict(prompt=config.prompt, generation_kwargs=config.generation_settings(),
                   max_clip_tokens=config.max_clip_tokens or None, use_chat_template=config.use_chat_template)
     if config.model_name_or_path == TINY_RANDOM:
-        from ..testing import tiny_llava
+        from ..tiny import tiny_llava
 
         model, processor = tiny_llava(seed=config.seed)
         return ImageCaptioner(model, processor, model_id=TINY_RANDOM, revision=f"seed{config.seed}", **kwargs)

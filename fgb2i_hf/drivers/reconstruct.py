@@ -15,6 +15,7 @@ temporary name and renamed; finished ids are skipped).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -23,11 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .loading import BACKBONE_OF_BASE, DECODER_COMPONENTS, build_pipeline
-
-# decoder component -> the target name recipes/fit_decoders.py saves it under (<dir>/<subject>/<target>)
-DECODER_TARGETS = {"z_decoder": "z", "c_decoder": "c", "clip_text_decoder": "clip_text",
-                   "clip_vision_decoder": "clip_vision"}
+from ..core import append_jsonl, atomic_write_text, save_png_atomic, versions
+from ..pipelines import build_pipeline, get_base
 
 
 @dataclass
@@ -36,8 +34,8 @@ class ReconstructConfig:
 
     nsd_root: str = field(metadata={"help": "NSD root, real or SimNSD (raw layout)."})
     output_dir: str = field(metadata={"help": "Where the PNGs, captions.jsonl, grid.png and reconstruct.yaml go."})
-    base: str = field(default="ldm", metadata={"help": "Base method.",
-                                               "choices": ["ldm", "brain_diffuser", "mindeye"]})
+    base: str = field(default="ldm", metadata={
+        "help": "Base method, a registered base (ldm, brain_diffuser, mindeye, ...: fgb2i_hf.pipelines.bases)."})
     subject: str = field(default="subj01", metadata={"help": "The subject whose betas are decoded."})
     split: str = field(default="test", metadata={"help": "Dataset split.", "choices": ["train", "test"]})
     max_samples: int | None = field(default=None, metadata={"help": "Reconstruct only the first N images."})
@@ -90,9 +88,7 @@ def image_generator(seed: int, nsd_id: int, sample: int = 0) -> torch.Generator:
 
 def save_png(image, path: str) -> None:
     """Write a PIL image atomically (temporary name, then rename)."""
-    tmp = path + ".tmp.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+    save_png_atomic(image, path)
 
 
 def load_images(directory: str, nsd_ids, name: str = "image") -> np.ndarray:
@@ -131,15 +127,16 @@ def split_rows(config: ReconstructConfig, dataset=None):
 
 
 def _decoders(config: ReconstructConfig) -> dict:
+    """``{component: <decoders_dir>/<subject>/<target>}`` of every ridge decoder of the base."""
     if config.decoders_dir is None:
         return {}
     found = {}
-    for component in DECODER_COMPONENTS[config.base]:
-        path = os.path.join(config.decoders_dir, config.subject, DECODER_TARGETS[component])
+    for target in get_base(config.base).targets:
+        path = os.path.join(config.decoders_dir, config.subject, target.name)
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"{path}: no {DECODER_TARGETS[component]} decoder for {config.subject} "
+            raise FileNotFoundError(f"{path}: no {target.name} decoder for {config.subject} "
                                     f"(run recipes/fit_decoders.py --base {config.base} first)")
-        found[component] = path
+        found[target.component] = path
     return found
 
 
@@ -154,18 +151,18 @@ def pipeline_for(config: ReconstructConfig, num_voxels: int | None = None):
 
 
 def _base_features(pipe, config: ReconstructConfig, betas: torch.Tensor) -> dict:
-    """Brain-Diffuser's ridge predictions over the whole split at once (its rescaling uses split statistics)."""
-    rescale = config.rescale_predictions if config.rescale_predictions is not None else config.base == "brain_diffuser"
-    if not rescale or config.base == "mindeye" or len(betas) < 2:
+    """The ridge predictions of the whole split at once, rescaled over it, when the base rescales (Brain-Diffuser:
+    the rescaling uses the split's statistics, so it cannot be done batch by batch)."""
+    spec = get_base(config.base)
+    rescale = config.rescale_predictions if config.rescale_predictions is not None else spec.rescale_predictions
+    if not rescale or not spec.targets or len(betas) < 2:
         return {}
-    names = {"ldm": {"base_latents": "z_decoder", "base_embeds": "c_decoder"},
-             "brain_diffuser": {"base_text_embeds": "clip_text_decoder", "base_vision_embeds": "clip_vision_decoder"}}
     out = {}
-    for argument, component in names[config.base].items():
-        decoder = getattr(pipe, component)
+    for target in spec.targets:
+        decoder = getattr(pipe, target.component, None)
         if decoder is None:
-            raise ValueError(f"rescale_predictions needs the {component}: set decoders_dir")
-        out[argument] = decoder.predict(betas.to(decoder.device), subject=config.subject, rescale=True).cpu()
+            raise ValueError(f"rescale_predictions needs the {target.component}: set decoders_dir")
+        out[target.argument] = decoder.predict(betas.to(decoder.device), subject=config.subject, rescale=True).cpu()
     return out
 
 
@@ -194,10 +191,9 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
 
     from ..data import NSDStimuli
     from ..visualization import reconstruction_grid
-    from .mindeye_inputs import MindEyeInputs
+    from ..pipelines.mindeye_inputs import MindEyeInputs
 
-    if config.base not in BACKBONE_OF_BASE:
-        raise ValueError(f"`base` must be one of {sorted(BACKBONE_OF_BASE)}, got {config.base!r}")
+    spec = get_base(config.base)
     rows = split_rows(config, dataset)
     betas = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) for b in rows.with_format("numpy")["betas"]]))
     pipe = pipe if pipe is not None else pipeline_for(config, betas.shape[1])
@@ -209,8 +205,11 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
     features = _base_features(pipe, config, betas)
     mindeye = (MindEyeInputs.from_file(config.mindeye_inputs, embed_shape=None)
                if config.mindeye_inputs is not None else None)
-    if config.base == "mindeye" and mindeye is None:
-        raise ValueError("the mindeye base needs `mindeye_inputs` (MindEye's CLIP-image embeddings and blurry images)")
+    accepted = inspect.signature(pipe.__call__).parameters
+    for option, argument in (("mindeye_inputs", "mindeye_inputs"), ("low_level_dir", "image")):
+        if getattr(config, option) is not None and argument not in accepted:
+            raise ValueError(f"{option} is set, but the {config.base} base's pipeline ({type(pipe).__name__}) takes "
+                             f"no `{argument}`")
     captions_path = os.path.join(config.output_dir, "captions.jsonl")
     captions = _read_captions(captions_path)
     todo = [k for k, n in enumerate(nsd_ids) if not _done(config, n, captions)]
@@ -225,14 +224,14 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
     if config.height is not None:
         call.update(height=config.height, width=config.width or config.height)
     start, n = time.perf_counter(), 0
-    for first in tqdm(range(0, len(todo), config.batch_size), desc=f"reconstruct {config.base}",
+    for first in tqdm(range(0, len(todo), config.batch_size), desc=f"reconstruct {spec.label}",
                       disable=not progress):
         index = todo[first : first + config.batch_size]
         ids = [nsd_ids[k] for k in index]
         inputs = {name: value[index] for name, value in features.items()}
-        if config.base == "mindeye":
+        if mindeye is not None:
             inputs.update(mindeye_inputs=mindeye, nsd_ids=ids)
-        elif config.base == "brain_diffuser" and config.low_level_dir is not None:
+        if config.low_level_dir is not None:
             inputs["image"] = load_images(config.low_level_dir, ids, "low-level reconstruction")
 
         def generators():
@@ -247,10 +246,8 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
                 name = f"{i}.png" if s == 0 else f"{i}_{s}.png"
                 save_png(image, os.path.join(config.output_dir, folder, name))
             if folder == "fgb2i" and out.captions is not None:
-                with open(captions_path, "a", encoding="utf-8") as f:
-                    for i, caption in zip(ids, out.captions):
-                        f.write(json.dumps({"nsd_id": i, "caption": caption}) + "\n")
-                        captions[i] = caption
+                append_jsonl(captions_path, [{"nsd_id": i, "caption": c} for i, c in zip(ids, out.captions)])
+                captions.update(zip(ids, out.captions))
         n += len(ids)
     seconds = time.perf_counter() - start
 
@@ -259,8 +256,8 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
     stimuli = stimuli if stimuli is not None else NSDStimuli(config.nsd_root)
     columns = {"GT": stimuli.get(shown)}
     if config.run_base:
-        columns[_label(config.base)] = load_images(os.path.join(config.output_dir, "base"), shown)
-    columns[f"{_label(config.base)} + FgB2I (w={config.w:g})"] = load_images(
+        columns[spec.label] = load_images(os.path.join(config.output_dir, "base"), shown)
+    columns[f"{spec.label} + FgB2I (w={config.w:g})"] = load_images(
         os.path.join(config.output_dir, "fgb2i"), shown)
     texts = {"GT": [_first_caption(rows[k], config.caption_column) for k in range(len(shown))]}
     if config.w > 0:
@@ -269,13 +266,6 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
     save_png(reconstruction_grid(columns, captions=texts), grid_path)
     return {"images": len(nsd_ids), "reconstructed_now": n, "seconds_per_image": seconds / max(n, 1),
             "output_dir": config.output_dir, "grid": grid_path, "nsd_ids": nsd_ids}
-
-
-BASE_LABELS = {"ldm": "LDM", "brain_diffuser": "Brain-Diffuser", "mindeye": "MindEye"}
-
-
-def _label(base: str) -> str:
-    return BASE_LABELS[base]
 
 
 def _first_caption(row: dict, column: str) -> str:
@@ -287,16 +277,9 @@ def _first_caption(row: dict, column: str) -> str:
 
 
 def _write_settings(config: ReconstructConfig) -> None:
-    import diffusers
-    import transformers
     import yaml
 
-    from .. import __version__
+    record = {"config": asdict(config), "versions": versions()}
+    atomic_write_text(os.path.join(config.output_dir, "reconstruct.yaml"), yaml.safe_dump(record, sort_keys=False))
 
-    record = {"config": asdict(config), "versions": {"fgb2i_hf": __version__, "torch": str(torch.__version__),
-                                                     "diffusers": str(diffusers.__version__),
-                                                     "transformers": str(transformers.__version__)}}
-    path = os.path.join(config.output_dir, "reconstruct.yaml")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        yaml.safe_dump(record, f, sort_keys=False)
-    os.replace(path + ".tmp", path)
+

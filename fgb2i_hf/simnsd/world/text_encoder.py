@@ -35,7 +35,7 @@ def world_clip_tokenizer(context_length: int = 77):
     """OpenAI CLIP's BPE as a ``CLIPTokenizer`` (offline, from open_clip's bundled vocabulary), padding with "!"
     (id 0) and ``model_max_length=context_length``: ``tok(texts, padding="max_length", truncation=True)`` gives
     the same ids as ``open_clip.tokenizer.SimpleTokenizer(context_length)(texts)``."""
-    from fgb2i_hf.decoders.tiny import clip_tokenizer
+    from fgb2i_hf.clip import openai_clip_tokenizer as clip_tokenizer
 
     tokenizer = clip_tokenizer(model_max_length=context_length)
     tokenizer.pad_token = PAD_TOKEN

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import world_dir
+from ...core import world_dir
 from .clip import CLIPTrainingConfig, train_clip
 from .data import load_world_data, simulate_world_nsd
 from .diffusion import UNetTrainingConfig, evaluate_diffusion, sample_grid, train_unet
@@ -144,7 +144,7 @@ def train_world(config: TrainWorldConfig, clip: CLIPTrainingConfig | None = None
 
 def _train_diffusion(config: TrainWorldConfig, data, output_dir: str, vae_config: VAETrainingConfig,
                      unet_config: UNetTrainingConfig) -> dict:
-    from ..clip import CLIPScorer
+    from ...clip import CLIPScorer
 
     start = time.time()
     scorer = CLIPScorer.from_pretrained(os.path.join(output_dir, "clip"))

@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .reconstruct import BASE_LABELS, ReconstructConfig, load_images, pipeline_for, reconstruct, save_png, split_rows
+from ..core import atomic_write_text
+from ..pipelines import get_base
+from .reconstruct import ReconstructConfig, load_images, pipeline_for, reconstruct, save_png, split_rows
 
 NOTE_STAND_INS = ("Stand-ins (not the published inputs): {items}. Values measure the pipeline mechanics with "
                   "these inputs, not the published methods.")
@@ -36,16 +38,24 @@ class CompareBasesConfig:
     nsd_root: str = field(metadata={"help": "NSD root, real or SimNSD (raw layout)."})
     output_dir: str = field(metadata={"help": "Where each base's reconstructions and comparison.{md,json} go."})
     bases: list[str] = field(default_factory=lambda: ["ldm", "brain_diffuser", "mindeye"],
-                             metadata={"help": "Bases to compare (ldm, brain_diffuser, mindeye)."})
+                             metadata={"help": "Bases to compare: registered bases (fgb2i_hf.pipelines.bases)."})
     subject: str = field(default="subj01", metadata={"help": "Subject."})
     split: str = field(default="test", metadata={"help": "Split.", "choices": ["train", "test"]})
     max_samples: int | None = field(default=None, metadata={"help": "Only the first N images."})
     batch_size: int = field(default=4, metadata={"help": "Images per pipeline call."})
     brain_model: str | None = field(default=None, metadata={"help": "BrainPrefixGPT2 folder or name."})
+    diffusion_models: dict | None = field(default=None, metadata={
+        "help": "Diffusion backbone per base, {base: Hub id or folder or 'tiny-random'} (JSON on the CLI); a base "
+                "without an entry takes <backbone>_model (sd_model / vd_model), else its spec's published model."})
+    decoders_dirs: dict | None = field(default=None, metadata={
+        "help": "fit_decoders output_dir per base, {base: folder}; a base without an entry takes <base>_decoders_dir."})
+    encoders_from: dict | None = field(default=None, metadata={
+        "help": "The decoders' target models per base, {base: folder} (<decoders_dir>/target_models for "
+                "tiny-random); a base without an entry takes <base>_encoders_from."})
     sd_model: str | None = field(default=None, metadata={
-        "help": "LDM backbone (default CompVis/stable-diffusion-v1-4; 'tiny-random' for mechanics)."})
+        "help": "Backbone of the bases on Stable Diffusion (LDM; default CompVis/stable-diffusion-v1-4)."})
     vd_model: str | None = field(default=None, metadata={
-        "help": "Versatile Diffusion backbone (default shi-labs/versatile-diffusion; 'tiny-random')."})
+        "help": "Backbone of the bases on Versatile Diffusion (default shi-labs/versatile-diffusion)."})
     ldm_decoders_dir: str | None = field(default=None, metadata={"help": "fit_decoders output_dir for ldm."})
     brain_diffuser_decoders_dir: str | None = field(default=None, metadata={
         "help": "fit_decoders output_dir for brain_diffuser."})
@@ -62,7 +72,8 @@ class CompareBasesConfig:
     w: float = field(default=0.5, metadata={"help": "Fusion weight of the FgB2I rows."})
     fusion: str = field(default="average", metadata={"help": "average or guidance."})
     num_inference_steps: int | None = field(default=None, metadata={"help": "All bases (default: each base's)."})
-    height: int | None = field(default=None, metadata={"help": "LDM output size (z's VAE round trip)."})
+    height: int | None = field(default=None, metadata={
+        "help": "Output size of every base (LDM: z's VAE round trip to it; Versatile Diffusion: 512 natively)."})
     seed: int = field(default=0, metadata={"help": "Seed of the per-image generators and tiny models."})
     dtype: str = field(default="float32", metadata={
         "help": "float32 / float16 / bfloat16 (half precision on a GPU only: on a CPU it is far slower)."})
@@ -71,6 +82,12 @@ class CompareBasesConfig:
     clip_model: str = field(default="ViT-L-14-quickgelu", metadata={"help": "CLIP for the CLIP column."})
     swav_weights: str | None = field(default=None, metadata={"help": "Local SwAV checkpoint."})
     eval_batch_size: int = field(default=32, metadata={"help": "Images per pass of the feature networks."})
+
+    def __post_init__(self):
+        for name in ("diffusion_models", "decoders_dirs", "encoders_from"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, json.loads(value) if value.strip() else None)
 
 
 def comparison_table(rows: dict[str, dict[str, float]], pairs: dict[str, str]) -> str:
@@ -91,27 +108,31 @@ def comparison_table(rows: dict[str, dict[str, float]], pairs: dict[str, str]) -
 
 
 def _write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, text)
+
+
+def _per_base(config: CompareBasesConfig, mapping: str, legacy: str | None, base: str):
+    """The option of one base: the ``mapping`` dict's entry, else the legacy per-name field (``legacy``)."""
+    value = (getattr(config, mapping) or {}).get(base)
+    return value if value is not None or legacy is None else getattr(config, legacy, None)
 
 
 def _reconstruct_config(config: CompareBasesConfig, base: str, **overrides) -> ReconstructConfig:
-    kind_model = config.sd_model if base == "ldm" else config.vd_model
-    decoders = {"ldm": config.ldm_decoders_dir, "brain_diffuser": config.brain_diffuser_decoders_dir}.get(base)
-    encoders = {"ldm": config.ldm_encoders_from, "brain_diffuser": config.brain_diffuser_encoders_from}.get(base)
+    spec = get_base(base)
     return ReconstructConfig(
         nsd_root=config.nsd_root, output_dir=os.path.join(config.output_dir, base), base=base,
         subject=config.subject, split=config.split, max_samples=config.max_samples, batch_size=config.batch_size,
-        diffusion_model=kind_model, encoders_from=encoders, brain_model=config.brain_model, decoders_dir=decoders,
-        w=config.w, fusion=config.fusion, num_inference_steps=config.num_inference_steps,
-        height=config.height if base == "ldm" else None, seed=config.seed, dtype=config.dtype,
+        diffusion_model=_per_base(config, "diffusion_models", f"{spec.backbone.name}_model", base),
+        encoders_from=_per_base(config, "encoders_from", f"{base}_encoders_from", base),
+        decoders_dir=_per_base(config, "decoders_dirs", f"{base}_decoders_dir", base),
+        brain_model=config.brain_model, w=config.w, fusion=config.fusion,
+        num_inference_steps=config.num_inference_steps, height=config.height, seed=config.seed, dtype=config.dtype,
         device=config.device, **overrides)
 
 
 def make_stand_ins(config: CompareBasesConfig, dataset=None) -> tuple[str | None, str | None, list[str]]:
     """Low-level images from the LDM's decoded z and MindEye inputs from Brain-Diffuser's CLIP-vision decoder."""
-    from .mindeye_inputs import MindEyeInputs
+    from ..pipelines.mindeye_inputs import MindEyeInputs
 
     low_level_dir, mindeye_path, made = config.low_level_dir, config.mindeye_inputs, []
     needs_low_level = low_level_dir is None and {"brain_diffuser", "mindeye"} & set(config.bases)
@@ -149,11 +170,11 @@ def compare_bases(config: CompareBasesConfig, dataset=None, stimuli=None, featur
     from ..data import NSDStimuli
     from ..metrics import reconstruction_metrics
     from ..metrics.table import table_deltas
-    from .evaluate import EvaluateReconstructionsConfig, feature_models_for
+    from .evaluate_reconstructions import EvaluateReconstructionsConfig, feature_models_for
 
-    unknown = [b for b in config.bases if b not in BASE_LABELS]
-    if unknown or not config.bases:
-        raise ValueError(f"unknown or no bases {unknown}; choose from {list(BASE_LABELS)}")
+    if not config.bases:
+        raise ValueError("no bases to compare: list registered bases, e.g. [ldm, brain_diffuser, mindeye]")
+    specs = {base: get_base(base) for base in config.bases}  # an unknown name fails here, naming the known ones
     os.makedirs(config.output_dir, exist_ok=True)
     missing = []
     if {"brain_diffuser", "mindeye"} & set(config.bases) and config.low_level_dir is None:
@@ -175,7 +196,7 @@ def compare_bases(config: CompareBasesConfig, dataset=None, stimuli=None, featur
         summaries[base] = reconstruct(run, dataset=dataset, stimuli=stimuli, progress=progress)
         ids = summaries[base]["nsd_ids"]
         gt = stimuli.get(ids)
-        label, fgb2i = BASE_LABELS[base], f"{BASE_LABELS[base]} + FgB2I"
+        label, fgb2i = specs[base].label, f"{specs[base].label} + FgB2I"
         for name, folder in ((label, "base"), (fgb2i, "fgb2i")):
             images = load_images(os.path.join(run.output_dir, folder), ids, name)
             rows[name] = reconstruction_metrics(gt, images, feature_extractors=models,

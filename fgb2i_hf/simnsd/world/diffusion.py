@@ -173,7 +173,7 @@ def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, s
 
 # --- checks of a trained pipeline ---------------------------------------------------------------------------------
 
-# Ground-truth colours of SimNSD's backgrounds (fgb2i_hf.data.scenes._background): (upper band, bottom band)
+# Ground-truth colours of SimNSD's backgrounds (fgb2i_hf.simnsd.scenes._background): (upper band, bottom band)
 BACKGROUND_COLOURS = {"street": ((150, 150, 155), (95, 95, 100)), "grass": ((170, 210, 240), (95, 165, 75)),
                       "water": ((185, 215, 240), (45, 105, 185)), "indoor": ((225, 205, 170), (150, 105, 65))}
 BACKGROUND_WORDS = {"street": ("grey street", "street", "road"), "grass": ("grass", "field", "lawn"),

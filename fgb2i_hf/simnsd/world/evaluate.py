@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import torch
 
-from . import resolve_pretrained
+from ...core import resolve_pretrained
 from .data import load_world_data
 
 
@@ -28,7 +28,7 @@ def evaluate_world(nsd_root: str, cache_dir: str | None = None, prefix: str = "s
     from diffusers import DiffusionPipeline
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from ..clip import CLIPScorer
+    from ...clip import CLIPScorer
     from .clip import retrieval
     from .diffusion import evaluate_diffusion
     from .gpt2 import perplexity

@@ -69,7 +69,7 @@ def feature_models_for(config: EvaluateReconstructionsConfig):
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config.feature_models == "random":
-        from ..testing import tiny_clip_scorer
+        from ..tiny import tiny_clip_scorer
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)

@@ -16,8 +16,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from .data.collate import CAPTION_COLUMNS, check_captions
-from .evaluation import CONTROL_ROW, MODEL_ROW, brainhub_predictions, evaluate_with_control
+from ..data.collate import CAPTION_COLUMNS, check_captions
+from ..evaluation import CONTROL_ROW, MODEL_ROW, brainhub_predictions, evaluate_with_control
 
 ALL_CAPTION_METRICS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
 
@@ -88,7 +88,7 @@ def add_clip_scores(result, dataset, stimuli, scorer, references: str) -> None:
     """CLIP-S and RefCLIP-S (Hessel et al. 2021) of the brain's and the control's captions, against the stimuli."""
     import numpy as np
 
-    from .metrics import clip_score
+    from ..metrics import clip_score
 
     images = stimuli.get(dataset["nsd_id"])
     refs = dataset[references]
@@ -111,9 +111,9 @@ def evaluate_captions(args: EvaluateCaptionsArguments, data=None, model=None, to
     import torch
     from transformers import AutoTokenizer
 
-    from .data import NSDStimuli, load_nsd
-    from .models import BrainPrefixGPT2
-    from .training.build import first_rows_per_subject
+    from ..data import NSDStimuli, load_nsd
+    from ..models import BrainPrefixGPT2
+    from ..data.rows import first_rows_per_subject
 
     if model is None:
         if not args.model_name_or_path:
@@ -152,7 +152,7 @@ def evaluate_captions(args: EvaluateCaptionsArguments, data=None, model=None, to
                                    batch_size=args.batch_size, seed=args.control_seed, per_subject=len(subjects) > 1,
                                    **generation)
     if args.clip_model or clip_scorer is not None:
-        from .clip import CLIPScorer
+        from ..clip import CLIPScorer
 
         scorer = clip_scorer or CLIPScorer.from_pretrained(args.clip_model, pretrained=args.clip_pretrained,
                                                            device=device)

@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..decoders.ridge import TAKAGI_ALPHAS
+from ...decoders.ridge import TAKAGI_ALPHAS
 from .data import SIMNSD_SUBJECTS
 
 
@@ -43,8 +43,8 @@ def fit_ldm_base(config: LDMBaseConfig, nsd_root: str, diffusion_model: str, out
     ``diffusion_model``: ``simnsd/diffusion`` or a folder in the diffusers layout (the targets' VAE and text
     encoder); it is recorded in ``fit_decoders.yaml`` as given.
     """
-    from ..data import load_nsd
-    from ..decoders.fit import AVERAGE_TRAIN, FitDecodersConfig, fit_decoders
+    from ...data import load_nsd
+    from ...drivers.fit import FitDecodersConfig, fit_decoders
 
     start = time.time()
     fit_dir = os.path.join(work_dir, "ldm_base_fit")
@@ -53,7 +53,7 @@ def fit_ldm_base(config: LDMBaseConfig, nsd_root: str, diffusion_model: str, out
         model_name_or_path=diffusion_model, image_size=64, latent_sampling=config.ldm_latent_sampling,
         seed=seed, extraction_batch_size=64, device=device, z_alphas=list(config.ldm_alphas),
         c_alphas=list(config.ldm_alphas), max_train_rows=config.ldm_max_train_rows)
-    rows = load_nsd(nsd_root, subjects=list(config.ldm_subjects), average_train=AVERAGE_TRAIN["ldm"],
+    rows = load_nsd(nsd_root, subjects=list(config.ldm_subjects), average_train=fit_config.spec.average_train,
                     cache_dir=cache_dir)
     metrics = fit_decoders(fit_config, dataset=rows, progress=progress)
     os.makedirs(output_folder, exist_ok=True)

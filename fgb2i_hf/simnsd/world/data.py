@@ -68,7 +68,7 @@ class WorldData:
 
 def simulate_world_nsd(root: str, seed: int = 0) -> str:
     """A tiny SimNSD (the defaults of ``simulate_nsd``, ``seed``) at ``root``, simulated unless it is already there."""
-    from fgb2i_hf.data import simulate_nsd
+    from fgb2i_hf.simnsd import simulate_nsd
 
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(os.path.join(root, "simnsd")):

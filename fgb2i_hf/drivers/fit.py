@@ -21,14 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .ridge import TAKAGI_ALPHAS, RidgeDecoder
-from .targets import TARGET_EXTRACTORS, extract_targets
-from .tiny import TINY_EXTRACTORS, TINY_RANDOM
-
-DEFAULT_MODELS = {"ldm": "CompVis/stable-diffusion-v1-4", "brain_diffuser": "shi-labs/versatile-diffusion"}
-BASE_TARGETS = {"ldm": ("z", "c"), "brain_diffuser": ("clip_text", "clip_vision")}
-# Brain-Diffuser trains on image-averaged betas, Takagi & Nishimoto on single trials (ridge.py: *_betas_tr.npy)
-AVERAGE_TRAIN = {"ldm": False, "brain_diffuser": True}
+from ..core import TINY_RANDOM, atomic_write_json, atomic_write_text, versions
+from ..decoders.ridge import RidgeDecoder
+from ..decoders.targets import extract_targets
+from ..pipelines.bases import BaseSpec, get_base
 
 
 @dataclass
@@ -37,18 +33,23 @@ class FitDecodersConfig:
 
     nsd_root: str = field(metadata={"help": "NSD root, real or SimNSD (raw layout)."})
     output_dir: str = field(metadata={"help": "Where decoders, cached targets, metrics and this config go."})
-    base: str = field(default="ldm", metadata={"help": "Base method.", "choices": ["ldm", "brain_diffuser"]})
+    base: str = field(default="ldm", metadata={
+        "help": "Base method, a registered base (ldm, brain_diffuser, ... : fgb2i_hf.pipelines.bases)."})
     subjects: list[str] = field(default_factory=lambda: ["subj01"], metadata={"help": "Subjects, e.g. subj01."})
     targets: list[str] | None = field(default=None, metadata={
-        "help": "Targets to fit (default: all of the base: ldm z c; brain_diffuser clip_text clip_vision)."})
+        "help": "Targets to fit (default: all of the base's, e.g. ldm z c; brain_diffuser clip_text clip_vision)."})
     model_name_or_path: str | None = field(default=None, metadata={
-        "help": "Models the targets come from: a Hub id or folder in the diffusers layout (default "
-                "CompVis/stable-diffusion-v1-4 for ldm, shi-labs/versatile-diffusion for brain_diffuser), "
-                "simnsd/<name>, or 'tiny-random' (random tiny models, mechanics only; saved to <output_dir>/"
-                "target_models so a pipeline can load the same ones)."})
+        "help": "Models the backbone's targets come from: a Hub id or folder in the diffusers layout (default: the "
+                "base's backbone, e.g. CompVis/stable-diffusion-v1-4 for ldm, shi-labs/versatile-diffusion for "
+                "brain_diffuser), simnsd/<name>, or 'tiny-random' (random tiny models, mechanics only; saved to "
+                "<output_dir>/target_models so a pipeline can load the same ones)."})
+    target_models: dict | None = field(default=None, metadata={
+        "help": "Models of the base's other target sources, {source: name or folder} (JSON on the CLI), e.g. "
+                "{\"vdvae\": \"simnsd/vdvae\"}; default: each source's own."})
     revision: str | None = field(default=None, metadata={"help": "Model revision on the Hub."})
     image_size: int | None = field(default=None, metadata={
-        "help": "Image size for the targets (default 320 for ldm as Takagi, 512 for brain_diffuser)."})
+        "help": "Image size for the backbone's targets (default: the extractor's: 320 for ldm as Takagi, 512 for "
+                "brain_diffuser)."})
     latent_sampling: str = field(default="sample", metadata={
         "help": "ldm z: sample the VAE posterior (Takagi) or take its mean.", "choices": ["sample", "mean"]})
     seed: int = field(default=42, metadata={"help": "Seed of the z posterior samples (per image) and tiny models."})
@@ -57,38 +58,67 @@ class FitDecodersConfig:
     dtype: str = field(default="float32", metadata={
         "help": "Dtype of the target models (float16 on GPU; float32 on CPU).", "choices": ["float32", "float16"]})
     device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
-    z_alphas: list[float] = field(default_factory=lambda: list(TAKAGI_ALPHAS), metadata={
-        "help": "Ridge grid for z (default: Takagi's two grids, 1e-6..1 and 1e4..4e4)."})
-    c_alphas: list[float] = field(default_factory=lambda: list(TAKAGI_ALPHAS), metadata={"help": "Grid for c."})
-    clip_text_alphas: list[float] = field(default_factory=lambda: [1.0e5], metadata={
-        "help": "Grid for clip_text (Brain-Diffuser: one alpha, 1e5)."})
-    clip_vision_alphas: list[float] = field(default_factory=lambda: [6.0e4], metadata={
-        "help": "Grid for clip_vision (Brain-Diffuser: one alpha, 6e4)."})
+    alphas: dict | None = field(default=None, metadata={
+        "help": "Ridge grids by target, {target: [alpha, ...]} (JSON on the CLI); default: the base's published "
+                "grids (the spec's TargetSpec.alphas)."})
+    z_alphas: list[float] | None = field(default=None, metadata={
+        "help": "Ridge grid for z (default: the base's, Takagi's two grids 1e-6..1 and 1e4..4e4)."})
+    c_alphas: list[float] | None = field(default=None, metadata={"help": "Grid for c (default: the base's)."})
+    clip_text_alphas: list[float] | None = field(default=None, metadata={
+        "help": "Grid for clip_text (default: the base's, Brain-Diffuser's one alpha 1e5)."})
+    clip_vision_alphas: list[float] | None = field(default=None, metadata={
+        "help": "Grid for clip_vision (default: the base's, Brain-Diffuser's one alpha 6e4)."})
     cv: int = field(default=5, metadata={"help": "K-fold splits for choosing alpha."})
     alpha_per_target: bool = field(default=True, metadata={"help": "One alpha per target column (else shared)."})
     center_targets: bool = field(default=True, metadata={"help": "Fit an intercept (Takagi's call did not)."})
     sessions: int | None = field(default=None, metadata={"help": "Use the first N sessions (37: 982 test images)."})
     average_train: bool | None = field(default=None, metadata={
-        "help": "Average train repetitions (default: no for ldm as Takagi, yes for brain_diffuser)."})
+        "help": "Average train repetitions (default: the base's: no for ldm as Takagi, yes for brain_diffuser)."})
     max_train_rows: int | None = field(default=None, metadata={"help": "Fit on the first N train rows (quick runs)."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache for the NSD build (default HF's)."})
 
+    def __post_init__(self):
+        for name in ("alphas", "target_models"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, json.loads(value) if value.strip() else None)
+        if isinstance(self.subjects, str):
+            self.subjects = [self.subjects]
+
+    @property
+    def spec(self) -> BaseSpec:
+        return get_base(self.base)
+
     def alphas_for(self, target: str) -> list[float]:
-        return list(getattr(self, f"{target}_alphas"))
+        """This target's ridge grid: ``<target>_alphas`` if set, else ``alphas[target]``, else the base's."""
+        explicit = getattr(self, f"{target}_alphas", None)
+        if explicit is not None:
+            return list(explicit)
+        if self.alphas and target in self.alphas:
+            return list(self.alphas[target])
+        return list(self.spec.target(target).alphas)
+
+    def source_model(self, source: str) -> str:
+        """The models of a target source: ``model_name_or_path`` for the backbone's, ``target_models`` else."""
+        spec = self.spec
+        if source == "backbone":
+            return self.model_name_or_path or spec.target_sources[source].default_model or spec.backbone.default_model
+        name = (self.target_models or {}).get(source) or spec.target_sources[source].default_model
+        if name is None:
+            raise ValueError(f"the {self.base} base's {source!r} targets need their models: set target_models: "
+                             f"{{{source}: <name or folder>}}")
+        return name
 
 
-def load_extractor(config: FitDecodersConfig):
-    """The base's target extractor, with the configured models (or tiny random ones)."""
-    dtype = getattr(torch, config.dtype)
-    kwargs = {"device": config.device, "dtype": dtype}
-    if config.image_size is not None:
-        kwargs["image_size"] = config.image_size
-    if config.base == "ldm":
-        kwargs.update(latent_sampling=config.latent_sampling, seed=config.seed)
-    name = config.model_name_or_path or DEFAULT_MODELS[config.base]
-    if name == TINY_RANDOM:
-        return TINY_EXTRACTORS[config.base](model_seed=config.seed, **kwargs)
-    return TARGET_EXTRACTORS[config.base].from_pretrained(name, revision=config.revision, **kwargs)
+def load_extractor(config: FitDecodersConfig, source: str = "backbone"):
+    """The extractor of one of the base's target sources, with the configured models (or tiny random ones)."""
+    spec_source = config.spec.target_sources[source]
+    kwargs = {"device": config.device, "dtype": getattr(torch, config.dtype)}
+    kwargs.update({f: getattr(config, f) for f in spec_source.config_fields if getattr(config, f) is not None})
+    name = config.source_model(source)
+    if name != TINY_RANDOM:
+        kwargs["revision"] = config.revision
+    return spec_source.extractor(name, model_seed=config.seed, **kwargs)
 
 
 def betas_matrix(dataset, block_rows: int = 1024) -> np.ndarray:
@@ -126,9 +156,9 @@ def score_predictions(pred: np.ndarray, true: np.ndarray) -> dict:
 
 
 def _load_dataset(config: FitDecodersConfig):
-    from fgb2i_hf.data import load_nsd
+    from ..data import load_nsd
 
-    average = AVERAGE_TRAIN[config.base] if config.average_train is None else config.average_train
+    average = config.spec.average_train if config.average_train is None else config.average_train
     options = {"average_train": average}
     if config.sessions is not None:
         options["sessions"] = config.sessions
@@ -141,16 +171,14 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
     ``dataset`` (a ``DatasetDict`` with NSD rows) and ``stimuli`` (``get(ids) -> uint8 images``) default to
     ``load_nsd(config.nsd_root, ...)`` and ``NSDStimuli(config.nsd_root)``.
     """
-    if config.base not in BASE_TARGETS:
-        raise ValueError(f"base must be one of {sorted(BASE_TARGETS)}, got {config.base!r}")
-    targets = list(config.targets or BASE_TARGETS[config.base])
-    unknown = set(targets) - set(BASE_TARGETS[config.base])
-    if unknown:
-        raise ValueError(f"the {config.base} base has targets {list(BASE_TARGETS[config.base])}, not {sorted(unknown)}")
+    spec = config.spec
+    if not spec.targets:
+        raise ValueError(f"the {spec.name} base has no ridge decoders to fit (its features come from its own model)")
+    targets = [spec.target(name).name for name in (config.targets or [t.name for t in spec.targets])]
     if dataset is None:
         dataset = _load_dataset(config)
     if stimuli is None:
-        from fgb2i_hf.data import NSDStimuli
+        from ..data import NSDStimuli
 
         stimuli = NSDStimuli(config.nsd_root)
     os.makedirs(config.output_dir, exist_ok=True)
@@ -161,15 +189,18 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
         rows["train"] = {s: r.select(range(min(len(r), config.max_train_rows))) for s, r in rows["train"].items()}
     image_ids, captions = _images_and_captions(rows, config.caption_column)
 
-    extractor = load_extractor(config)
-    if extractor.name_or_path == TINY_RANDOM:
-        extractor.save_pretrained(os.path.join(config.output_dir, "target_models"))
-    cache = {name: extract_targets(extractor, name, os.path.join(config.output_dir, "targets", f"{name}.npy"),
-                                   ids=image_ids, images=stimuli, batch_size=config.extraction_batch_size,
-                                   captions=[captions[i] for i in image_ids] if name in extractor.text_targets
-                                   else None, progress=progress)
-             for name in targets}
-    del extractor
+    cache = {}
+    for source in dict.fromkeys(spec.target(name).source for name in targets):
+        extractor = load_extractor(config, source)
+        if extractor.name_or_path == TINY_RANDOM:
+            folder = "target_models" if source == "backbone" else f"target_models_{source}"
+            extractor.save_pretrained(os.path.join(config.output_dir, folder))
+        for name in (n for n in targets if spec.target(n).source == source):
+            cache[name] = extract_targets(
+                extractor, name, os.path.join(config.output_dir, "targets", f"{name}.npy"), ids=image_ids,
+                images=stimuli, batch_size=config.extraction_batch_size, progress=progress,
+                captions=[captions[i] for i in image_ids] if name in extractor.text_targets else None)
+        del extractor
 
     metrics = {}
     for subject in config.subjects:
@@ -220,18 +251,9 @@ def _images_and_captions(rows, caption_column):
 def _save_config(config: FitDecodersConfig):
     import yaml
 
-    from .. import __version__
-
-    record = dataclasses.asdict(config) | {"_versions": {"fgb2i_hf": __version__, "torch": str(torch.__version__)}}
-    _write_text(os.path.join(config.output_dir, "fit_decoders.yaml"), yaml.safe_dump(record, sort_keys=False))
+    record = dataclasses.asdict(config) | {"_versions": versions()}
+    atomic_write_text(os.path.join(config.output_dir, "fit_decoders.yaml"), yaml.safe_dump(record, sort_keys=False))
 
 
 def _write_json(path, value):
-    _write_text(path, json.dumps(value, indent=1))
-
-
-def _write_text(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_json(path, value, indent=1)

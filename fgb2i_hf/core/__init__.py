@@ -1,0 +1,30 @@
+"""The ground floor of fgb2i_hf: what every other layer may use and which imports nothing of the package.
+
+- :mod:`.names`: ``simnsd/<name>`` -> the shipped SimNSD world folder; anything else -> a Hub id or a path;
+  ``TINY_RANDOM``, the name of the random tiny stand-in models.
+- :mod:`.io`: atomic writes (text, JSON, bytes, ``.npy``, PNG, safetensors, whole folders).
+- :mod:`.tensors`: the one conversion and validation of betas into a (B, V) tensor.
+- :mod:`.versions`: the library versions recorded beside every artifact.
+"""
+
+from .io import (
+    append_jsonl,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    publish_folder,
+    save_npy_atomic,
+    save_png_atomic,
+    save_safetensors_atomic,
+    scratch_folder,
+)
+from .names import TINY_RANDOM, WORLD_PREFIX, resolve_pretrained, world_dir
+from .tensors import as_betas, betas_tensor
+from .versions import versions
+
+__all__ = [
+    "TINY_RANDOM", "WORLD_PREFIX", "append_jsonl", "as_betas", "atomic_path", "atomic_write_bytes",
+    "atomic_write_json", "atomic_write_text", "betas_tensor", "publish_folder", "resolve_pretrained",
+    "save_npy_atomic", "save_png_atomic", "save_safetensors_atomic", "scratch_folder", "versions", "world_dir",
+]
