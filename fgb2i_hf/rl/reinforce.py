@@ -26,7 +26,11 @@ Implementation notes:
   policy and the scored policy are the same distribution;
 * a checkpoint is ``accelerator.save_state`` plus ``trainer_state.json``, written to a temporary folder and
   renamed, so a kill never leaves a half checkpoint; resume restores model, optimiser, scheduler and RNG and
-  skips the batches already seen, so a resumed run ends with the parameters of an uninterrupted one.
+  skips the batches already seen, so a resumed run ends with the parameters of an uninterrupted one, also when
+  it crosses into later epochs (the data order is a function of (seed, epoch) only);
+* ``log.jsonl`` holds each logged step once: a resumed run first drops the records after its checkpoint's step.
+  A run that does not resume refuses an ``output_dir`` that already holds a run (its ``log.jsonl``, checkpoints
+  or final model), rather than appending to or mixing with it: resume it, or choose another folder.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from ..rewards.registry import call_reward, get_reward
 
 BASELINES = ("none", "greedy", "leave_one_out")
 STATE_NAME = "trainer_state.json"
+LOG_NAME = "log.jsonl"
 
 
 @dataclass
@@ -334,21 +339,47 @@ class ReinforceTrainer:
         return logs
 
     # -- loop ---------------------------------------------------------------------------------------------
+    def _set_epoch(self, epoch: int) -> None:
+        """Data order and caption choice of ``epoch``. accelerate's prepared loader calls ``set_epoch`` with its own
+        iteration counter whenever it is iterated (0 in a fresh process, so a resumed run would replay epoch 0's
+        order in epoch 1): the epoch goes to that loader, which passes it on to the sampler."""
+        if hasattr(self.dataloader, "set_epoch"):
+            self.dataloader.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.collator.epoch = epoch
+
+    def _previous_run(self) -> str | None:
+        """What in ``output_dir`` shows that a run was already written there (None if nothing)."""
+        out = self.config.output_dir
+        if os.path.exists(os.path.join(out, LOG_NAME)):
+            return LOG_NAME
+        if self.list_checkpoints():
+            return "checkpoints"
+        if os.path.isdir(os.path.join(out, "final")):
+            return "final"
+        return None
+
     def train(self) -> list[dict[str, float]]:
         cfg, acc = self.config, self.accelerator
+        if not cfg.resume_from_checkpoint:
+            found = self._previous_run()
+            if found:
+                raise FileExistsError(
+                    f"output_dir {cfg.output_dir} already holds a run ({found}); set resume_from_checkpoint='latest' "
+                    "to continue it, or choose another output_dir (a new run would append to its log)")
         if cfg.report_to:
             acc.init_trackers("fgb2i_rl", config={k: v for k, v in asdict(cfg).items()
                                                   if isinstance(v, (int, float, str, bool))})
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
+            self._truncate_log(self.global_step)
         batches_per_epoch = len(self.dataloader)
         start_epoch, skip = divmod(self.global_step * cfg.gradient_accumulation_steps, batches_per_epoch)
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="REINFORCE",
                    disable=not acc.is_local_main_process)
         epoch = start_epoch
         while self.global_step < self.total_steps:
-            self.sampler.set_epoch(epoch)
-            self.collator.epoch = epoch
+            self._set_epoch(epoch)  # before skip_first_batches, whose loader copies the prepared loader's epoch
             loader = acc.skip_first_batches(self.dataloader, skip) if skip else self.dataloader
             skip = 0
             window: list[dict[str, float]] = []
@@ -380,8 +411,31 @@ class ReinforceTrainer:
             self.accelerator.log(logs, step=self.global_step)
         if self.accelerator.is_main_process:
             os.makedirs(self.config.output_dir, exist_ok=True)
-            with open(os.path.join(self.config.output_dir, "log.jsonl"), "a") as f:
+            with open(os.path.join(self.config.output_dir, LOG_NAME), "a") as f:
                 f.write(json.dumps(logs) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Keep the records of steps <= ``step`` (those the checkpoint has seen): the steps a killed run logged
+        after its last checkpoint are trained and logged again by the resumed run."""
+        path = os.path.join(self.config.output_dir, LOG_NAME)
+        if self.accelerator.is_main_process and os.path.exists(path):
+            with open(path) as f:
+                lines = [line for line in f if line.strip()]
+            kept = []
+            for number, line in enumerate(lines, 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if number == len(lines):  # a record torn by the kill
+                        continue
+                    raise ValueError(f"{path}: line {number} is not JSON; cannot resume its log") from None
+                if record.get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)
+        self.accelerator.wait_for_everyone()
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def checkpoint_dir(self) -> str:
