@@ -35,7 +35,7 @@ def test_numpy_rows_collate_like_python_rows(rows):
     numpy_batch = collate([numpy_rows[i] for i in range(len(rows))])
     assert python_batch["subject"] == numpy_batch["subject"] == rows["subject"]
     for key in ("betas", "input_ids", "attention_mask", "labels"):
-        assert torch.equal(python_batch[key], numpy_batch[key]), key
+        assert torch.equal(python_batch[key], numpy_batch[key]), key  # exact: the same stored values, only cast
     betas = python_batch["betas"]
     n01, n02 = len(rows[0]["betas"]), len(rows[12]["betas"])
     assert betas.shape == (24, max(n01, n02)) and betas.dtype == torch.float32
