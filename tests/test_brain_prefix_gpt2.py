@@ -337,6 +337,26 @@ def test_nan_or_inf_in_betas(tiny, bad):
         model.generate(betas=betas[[2], :40], subject="subj01", max_new_tokens=2)
 
 
+def test_betas_beyond_the_models_dtype_fail_instead_of_an_empty_caption(tiny):
+    """Finite float64 betas beyond float32's range become inf in the model's dtype; a half-precision model can
+    overflow inside the subject layer. Either way the prefix would be NaN/inf and the caption empty: an error."""
+    model, tok = tiny
+    huge = random_betas(COUNTS, ["subj01"], seed=3)[:, :40].double() * 1e39
+    assert torch.isfinite(huge).all()
+    with pytest.raises(ValueError, match=r"NaN or inf in rows \[0\].*after the cast to the model's dtype torch\.float32"):
+        model.encode_brain(huge, "subj01")
+    with pytest.raises(ValueError, match=r"model's dtype torch\.float32"):
+        model.generate_captions(huge, "subj01", tok, max_new_tokens=2)
+    half, _ = tiny_brain_prefix_gpt2(COUNTS)
+    half = half.to(torch.float16)
+    loud = random_betas(COUNTS, ["subj01"], seed=3)[:, :40] * 6e4  # |x| < 65504 for most voxels, so finite in fp16
+    loud = loud.clamp(-6e4, 6e4)
+    with pytest.raises(ValueError, match=r"prefix of rows \[0\] is not finite in the model's dtype torch\.float16"):
+        half.encode_brain(loud, "subj01")
+    # control: ordinary betas pass through the half-precision model
+    assert torch.isfinite(half.encode_brain(random_betas(COUNTS, ["subj01"], seed=3)[:, :40], "subj01")).all()
+
+
 def test_batch_sizes_that_disagree(tiny):
     model, tok = tiny
     betas = random_betas(COUNTS, ["subj01"] * 3)
