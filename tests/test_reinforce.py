@@ -146,6 +146,46 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run(rows, tokenizer, tmp_path):
     assert again.global_step == 0
 
 
+def test_a_damaged_checkpoint_is_named_and_a_missing_rng_state_is_said(rows, tokenizer, tmp_path):
+    import shutil
+    import warnings
+
+    from fgb2i_hf.rl import CheckpointError
+
+    few = rows.select(range(0, len(rows), 6))
+    kw = dict(max_steps=3, save_steps=2, logging_steps=1)
+    ReinforceTrainer(make_model(few, tokenizer), tokenizer, config(tmp_path / "run", **kw), few,
+                     rewards=[letters]).train()
+
+    def resume(name, damage):
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "run", out)
+        damage(out / "checkpoints" / "checkpoint-2")
+        cfg = config(out, resume_from_checkpoint=str(out / "checkpoints" / "checkpoint-2"), **kw)
+        return ReinforceTrainer(make_model(few, tokenizer), tokenizer, cfg, few, rewards=[letters]).train()
+
+    def truncate(path):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+
+    for name, damage, message in [
+        ("weights", lambda c: truncate(c / "model.safetensors"),
+         r"checkpoint-2: cannot load the checkpoint \(model, optimiser, scheduler\) \(SafetensorError"),
+        ("state", lambda c: (c / "trainer_state.json").write_text("{not json"),
+         r"checkpoint-2/trainer_state\.json: not valid JSON"),
+        ("rng", lambda c: (c / "random_states_0.pkl").write_bytes(b"garbage"),
+         r"checkpoint-2/random_states_0\.pkl: cannot be read.*delete it to resume without the random states"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            resume(name, damage)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = resume("no_rng", lambda c: os.remove(c / "random_states_0.pkl"))
+    assert [h["step"] for h in history] == [3]  # it resumed after step 2
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert any("random_states_0.pkl" in m and "not reproduce" in m for m in said), said
+
+
 def test_a_nan_reward_stops_training_with_its_name(rows, tokenizer, tmp_path):
     def broken(completions, **columns):
         return [float("nan")] * len(completions)

@@ -195,6 +195,47 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(simnsd_datase
     assert not all(torch.equal(whole[k], blind[k]) for k in whole)
 
 
+def test_a_damaged_checkpoint_is_named_and_a_missing_rng_state_is_said(simnsd_dataset, tmp_path, one_thread):
+    import shutil
+    import warnings
+
+    from fgb2i_hf.training import CheckpointError
+
+    data = DatasetDict(train=subset(simnsd_dataset, 12, 4)["train"])
+    _train(data, tmp_path / "run", stop=4)
+
+    def damaged(name, damage):
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "run", out)
+        checkpoint = out / "checkpoint-4"
+        damage(checkpoint)
+        return out, str(checkpoint)
+
+    def truncate(path):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+
+    for name, damage, message in [
+        ("weights", lambda c: truncate(c / "model.safetensors"),
+         r"checkpoint-4/model\.safetensors: cannot load the model weights \(SafetensorError"),
+        ("state", lambda c: (c / "trainer_state.json").write_text("{not json"),
+         r"checkpoint-4/trainer_state\.json: not valid JSON"),
+        ("optimizer", lambda c: truncate(c / "optimizer.pt"), r"checkpoint-4: cannot load the optimizer or scheduler"),
+        ("rng", lambda c: (c / "rng_state.pth").write_bytes(b"garbage"),
+         r"checkpoint-4/rng_state\.pth: cannot be read.*delete it to resume without the random states"),
+    ]:
+        out, checkpoint = damaged(name, damage)
+        with pytest.raises(CheckpointError, match=message):
+            _train(data, out, resume=checkpoint)
+    # a missing RNG state: the resume runs, and says that it is not exact
+    out, checkpoint = damaged("no_rng", lambda c: os.remove(c / "rng_state.pth"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(data, out, resume=checkpoint)
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert any("rng_state.pth" in m and "not reproduce" in m for m in said), said
+
+
 def test_caption_epoch_callback_follows_the_epoch_after_resume():
     from transformers import TrainerControl, TrainerState
 

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from ..checkpoints import check_random_states, read_json_state, reading
 from ..data.collate import BrainCaptionCollator, check_captions
 from ..rewards.registry import call_reward, get_reward
 
@@ -480,9 +481,12 @@ class ReinforceTrainer:
         state_file = os.path.join(path, STATE_NAME)
         if not os.path.exists(state_file):
             raise FileNotFoundError(f"{path} is not a complete checkpoint: {STATE_NAME} is missing")
-        self.accelerator.load_state(path)
-        with open(state_file) as f:
-            self.global_step = int(json.load(f)["global_step"])
+        state = read_json_state(state_file, "global_step")
+        # accelerate restores the random states only if it can, silently: a missing file is said, a damaged one named
+        check_random_states(os.path.join(path, f"random_states_{self.accelerator.process_index}.pkl"))
+        with reading(path, "checkpoint (model, optimiser, scheduler)"):
+            self.accelerator.load_state(path)
+        self.global_step = int(state["global_step"])
 
     def save_model(self, path: str | None = None) -> str:
         """The trained model (``save_pretrained``), its tokenizer and this config, on the main process."""
