@@ -204,6 +204,13 @@ def test_bad_inputs_fail_clearly(pipe, base_inputs):
         run(pipe, z, c, w=0.5, captions=["only one"])
     with pytest.raises(ValueError, match="no `z_decoder` component"):
         pipe(torch.zeros(2, 8), "subj01", base_embeds=c, w=0.0, num_inference_steps=2)
+    # counts: a ValueError naming the argument (was ZeroDivisionError, a size-mismatch RuntimeError, a TypeError)
+    for steps in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=rf"`num_inference_steps` must be a positive int, got {steps!r}"):
+            run(pipe, z, c, w=0.0, num_inference_steps=steps)
+    for n in (0, -1, 1.0):
+        with pytest.raises(ValueError, match=rf"`num_images_per_prompt` must be a positive int, got {n!r}"):
+            run(pipe, z, c, w=0.0, num_images_per_prompt=n)
 
 
 # -- save / load ------------------------------------------------------------------------------------------

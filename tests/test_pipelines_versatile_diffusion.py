@@ -252,6 +252,17 @@ def test_smaller_vision_towers_set_the_image_context_length(features):
     assert me_run(make("mindeye"), dict(features, vision=features["vision"][:, :65]), w=0.0).images.shape == (2, 32, 32, 3)
 
 
+@pytest.mark.parametrize("base", ["brain_diffuser", "mindeye"])
+def test_bad_counts_are_named(bd, mindeye, features, base):
+    pipe, runner = (bd, bd_run) if base == "brain_diffuser" else (mindeye, me_run)
+    for steps in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=rf"`num_inference_steps` must be a positive int, got {steps!r}"):
+            runner(pipe, features, w=0.0, num_inference_steps=steps)
+    for n in (0, -1):
+        with pytest.raises(ValueError, match=rf"`num_images_per_prompt` must be a positive int, got {n!r}"):
+            runner(pipe, features, w=0.0, num_images_per_prompt=n)
+
+
 def test_a_universal_checkpoint_needs_the_text_unet():
     with pytest.raises(ValueError, match="pass `text_unet`"):
         make("brain_diffuser", text_unet=None)

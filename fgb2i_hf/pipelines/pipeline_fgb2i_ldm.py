@@ -129,6 +129,7 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         """
         # 1. check inputs
         self.check_fusion(w, fusion)
+        self.check_counts(num_inference_steps, num_images_per_prompt)
         device, dtype = self._execution_device, self.unet.dtype
         if betas is not None:
             betas, subject = prepare_betas(betas, subject)
