@@ -37,6 +37,19 @@ class RLScriptArguments:
     eval_references: str = field(default="fine_captions", metadata={"help": "References of the caption metrics."})
     eval_max_rows: int | None = field(default=None, metadata={"help": "Score only the first N rows of the eval split."})
 
+    def __post_init__(self):
+        """Checked when parsed, before any data is built: `subjects: subj01` is one subject (not its characters)."""
+        from fgb2i_hf.data.collate import CAPTION_COLUMNS
+        from fgb2i_hf.data.layout import subject_list
+
+        self.subjects = subject_list(self.subjects)
+        for name in ("sessions", "max_train_rows", "eval_max_rows", "render_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        if self.eval_references not in CAPTION_COLUMNS:
+            raise ValueError(f"eval_references must be one of {CAPTION_COLUMNS}, got {self.eval_references!r}")
+
 
 def main(script_args: RLScriptArguments, config) -> dict:
     from accelerate.utils import gather_object
@@ -47,6 +60,7 @@ def main(script_args: RLScriptArguments, config) -> dict:
     from fgb2i_hf.evaluation import caption_report, decode_dataset
     from fgb2i_hf.metrics import write_table
     from fgb2i_hf.rl import ReinforceTrainer
+    from fgb2i_hf.world import loading_config_field
     from transformers import AutoTokenizer
 
     if not script_args.model_name_or_path or not script_args.nsd_root:
@@ -57,17 +71,19 @@ def main(script_args: RLScriptArguments, config) -> dict:
     train = data["train"]
     if script_args.max_train_rows:
         train = train.select(range(min(script_args.max_train_rows, len(train))))
-    model = BrainPrefixGPT2.from_pretrained(script_args.model_name_or_path)
+    with loading_config_field("model_name_or_path", script_args.model_name_or_path):
+        model = BrainPrefixGPT2.from_pretrained(script_args.model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
     missing = sorted(set(script_args.subjects) - set(model.config.voxel_counts))
     if missing:
         raise ValueError(f"the model {script_args.model_name_or_path} has no layer for {missing} "
                          f"(it knows {sorted(model.config.voxel_counts)}); add_subject() first")
-    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
 
     context = {}
     if {"clip_text_image", "clip_image_image"} & set(config.rewards):
         context["stimuli"] = NSDStimuli(script_args.nsd_root)
-        context["clip"] = CLIPScorer.from_pretrained(script_args.clip_model, pretrained=script_args.clip_pretrained)
+        with loading_config_field("clip_model", script_args.clip_model):
+            context["clip"] = CLIPScorer.from_pretrained(script_args.clip_model, pretrained=script_args.clip_pretrained)
     if "clip_image_image" in config.rewards:
         kwargs = config.reward_kwargs.setdefault("clip_image_image", {})
         kwargs.setdefault("renderer", script_args.renderer)

@@ -346,6 +346,29 @@ def _fails(tmp_path, data, message, **script):
     assert not (tmp_path / "out" / "final").exists()
 
 
+@pytest.mark.parametrize("training, message", [
+    ({"learning_rate": -1e-3}, r"learning_rate must be > 0, got -0\.001"),
+    ({"weight_decay": -0.1}, r"weight_decay must be >= 0"),
+    ({"per_device_train_batch_size": 0}, r"per_device_train_batch_size must be >= 1"),
+    ({"gradient_accumulation_steps": 0}, r"gradient_accumulation_steps must be >= 1"),
+])
+def test_bad_training_arguments_stop_before_any_data_or_folder(tmp_path, training, message):
+    script_args, training_args = arguments(tmp_path / "out", nsd_root=str(tmp_path / "no_nsd_here"), training=training)
+    with pytest.raises(ValueError, match=message):  # not the missing NSD root: nothing was read
+        run_ce(script_args, training_args, callbacks=[NoStep()])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_model_id_names_the_config_field(simnsd_dataset, tmp_path):
+    data = subset(simnsd_dataset, 8, 4)
+    for field_values, field in [({"language_model": "no-such-org/no-such-gpt2"}, "language_model"),
+                                ({"tokenizer_name_or_path": "no-such-org/no-such-tokenizer"}, "tokenizer_name_or_path")]:
+        script = {"gpt2_config": None, "language_model": "no-such-org/no-such-gpt2", **field_values}
+        script_args, training_args = arguments(tmp_path / field, eval_split="", **script)
+        with pytest.raises(OSError, match=rf"{field}='{field_values[field]}': cannot load it"):
+            run_ce(script_args, training_args, data=data, callbacks=[NoStep()])
+
+
 def test_a_subject_absent_from_the_data(simnsd_dataset, simnsd_root, nsd_cache_dir, tmp_path):
     data = subset(simnsd_dataset, 8, 4)
     _fails(tmp_path, data, r"subject\(s\) \['subj05'\] have no rows in the 'train' split \(it holds \['subj01', "

@@ -73,6 +73,11 @@ class FitDecodersConfig:
     max_train_rows: int | None = field(default=None, metadata={"help": "Fit on the first N train rows (quick runs)."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache for the NSD build (default HF's)."})
 
+    def __post_init__(self):
+        from ..data.layout import subject_list
+
+        self.subjects = subject_list(self.subjects)  # checked before any data is built
+
     def alphas_for(self, target: str) -> list[float]:
         return list(getattr(self, f"{target}_alphas"))
 
@@ -88,7 +93,10 @@ def load_extractor(config: FitDecodersConfig):
     name = config.model_name_or_path or DEFAULT_MODELS[config.base]
     if name == TINY_RANDOM:
         return TINY_EXTRACTORS[config.base](model_seed=config.seed, **kwargs)
-    return TARGET_EXTRACTORS[config.base].from_pretrained(name, revision=config.revision, **kwargs)
+    from ..world import loading_config_field
+
+    with loading_config_field("model_name_or_path", name):
+        return TARGET_EXTRACTORS[config.base].from_pretrained(name, revision=config.revision, **kwargs)
 
 
 def betas_matrix(dataset, block_rows: int = 1024) -> np.ndarray:

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from ..world import resolve_pretrained
+from ..world import loading_config_field, resolve_pretrained
 
 TINY_RANDOM = "tiny-random"
 BACKBONE_OF_BASE = {"ldm": "sd", "brain_diffuser": "vd", "mindeye": "vd"}
@@ -133,9 +133,10 @@ def build_pipeline(base: str, diffusion_model: str | None = None, *, brain_model
     if base not in BACKBONE_OF_BASE:
         raise ValueError(f"`base` must be one of {sorted(BACKBONE_OF_BASE)}, got {base!r}")
     kind = BACKBONE_OF_BASE[base]
-    components = load_backbone(diffusion_model or DEFAULT_DIFFUSION_MODELS[kind], kind,
-                               scheduler=scheduler or DEFAULT_SCHEDULERS[base], encoders_from=encoders_from,
-                               dtype=dtype, seed=seed)
+    diffusion_model = diffusion_model or DEFAULT_DIFFUSION_MODELS[kind]
+    with loading_config_field("diffusion_model", diffusion_model):
+        components = load_backbone(diffusion_model, kind, scheduler=scheduler or DEFAULT_SCHEDULERS[base],
+                                   encoders_from=encoders_from, dtype=dtype, seed=seed)
     if brain_model == TINY_RANDOM:
         from ..testing import tiny_brain_prefix_gpt2
 
@@ -147,9 +148,10 @@ def build_pipeline(base: str, diffusion_model: str | None = None, *, brain_model
 
         from ..models import BrainPrefixGPT2
 
-        path = resolve_pretrained(str(brain_model))
-        caption_tokenizer = caption_tokenizer or AutoTokenizer.from_pretrained(path)
-        brain_model = BrainPrefixGPT2.from_pretrained(path, dtype=dtype).eval()
+        with loading_config_field("brain_model", brain_model):
+            path = resolve_pretrained(str(brain_model))
+            caption_tokenizer = caption_tokenizer or AutoTokenizer.from_pretrained(path)
+            brain_model = BrainPrefixGPT2.from_pretrained(path, dtype=dtype).eval()
     elif isinstance(caption_tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 

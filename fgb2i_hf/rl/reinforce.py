@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..checkpoints import check_random_states, read_json_state, reading
-from ..data.collate import BrainCaptionCollator, check_captions
+from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
 from ..rewards.registry import call_reward, get_reward
 
 BASELINES = ("none", "greedy", "leave_one_out")
@@ -99,9 +99,21 @@ class ReinforceConfig:
     report_to: list[str] = field(default_factory=list, metadata={"help": "accelerate trackers, e.g. ['tensorboard']."})
 
     def __post_init__(self):
+        """Every field is checked here, so a recipe stops at parsing, before any data is built or folder made."""
         if isinstance(self.reward_kwargs, str):
             self.reward_kwargs = json.loads(self.reward_kwargs) if self.reward_kwargs.strip() else None
         self.reward_kwargs = dict(self.reward_kwargs or {})
+        # a single value in YAML (`rewards: object_accuracy`) is a list of one, never a list of characters
+        for name in ("rewards", "reward_weights", "report_to"):
+            value = getattr(self, name)
+            if isinstance(value, (str, int, float)):
+                setattr(self, name, [value])
+        self.report_to = [r for r in self.report_to if str(r).lower() != "none"]
+        if not self.rewards or not all(isinstance(r, str) and r for r in self.rewards):
+            raise ValueError(f"rewards must be a list of reward names, got {self.rewards!r}")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                   for w in self.reward_weights):
+            raise ValueError(f"reward_weights must be finite numbers, got {self.reward_weights!r}")
         if len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} "
                              f"rewards {self.rewards}")
@@ -114,6 +126,39 @@ class ReinforceConfig:
             raise ValueError("baseline='leave_one_out' needs num_samples >= 2")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        self._check_numbers()
+        if self.caption_column not in CAPTION_COLUMNS:
+            raise ValueError(f"caption_column must be one of {CAPTION_COLUMNS}, got {self.caption_column!r}")
+        from transformers import SchedulerType
+
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler_type not in schedulers:
+            raise ValueError(f"lr_scheduler_type must be one of {schedulers}, got {self.lr_scheduler_type!r}")
+
+    def _check_numbers(self) -> None:
+        def number(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            return value
+
+        for name in ("learning_rate", "num_train_epochs", "temperature"):
+            if not number(name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "ce_weight", "kl_coef", "max_grad_norm", "warmup_steps", "save_steps", "top_k"):
+            if number(name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_total_limit"):
+            if number(name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 < number("top_p") <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if number("max_steps") == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be a positive number of steps, or -1 (use num_train_epochs), "
+                             f"got {self.max_steps!r}")
+        if self.max_new_tokens is not None and number("max_new_tokens") < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (or None: the model's max_caption_tokens), "
+                             f"got {self.max_new_tokens!r}")
 
 
 class EpochShuffleSampler(Sampler[int]):

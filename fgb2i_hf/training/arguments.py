@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..data.collate import CAPTION_COLUMNS
+from ..data.layout import subject_list
 
 SCRATCH = "scratch"
 DEFAULT_EVAL_METRICS = ["BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"]
@@ -87,12 +88,7 @@ class CEScriptArguments:
             self.eval_references = self.caption_column
         if self.eval_references not in CAPTION_COLUMNS:
             raise ValueError(f"eval_references must be one of {CAPTION_COLUMNS}, got {self.eval_references!r}")
-        if isinstance(self.subjects, str):
-            self.subjects = [self.subjects]
-        if not self.subjects:
-            raise ValueError("subjects is empty: name at least one subject, e.g. ['subj01']")
-        if len(set(self.subjects)) != len(self.subjects):
-            raise ValueError(f"subjects listed twice: {self.subjects}")
+        self.subjects = subject_list(self.subjects)
         for name in ("caption_eval_metrics", "final_eval_metrics"):
             value = getattr(self, name)
             if isinstance(value, str):

@@ -95,20 +95,22 @@ def build_model_and_tokenizer(args: CEScriptArguments, voxel_counts: dict[str, i
 
     from ..models import BrainPrefixGPT2, BrainPrefixGPT2Config
     from ..tokenization import train_caption_tokenizer
-    from ..world import resolve_pretrained
+    from ..world import loading_config_field, resolve_pretrained
 
     common = dict(prefix_length=args.prefix_length, mapper_layers=args.mapper_layers, mapper_heads=args.mapper_heads,
                   mlp_ratio=args.mlp_ratio, mapper_dropout=args.mapper_dropout,
                   subject_hidden_size=args.subject_hidden_size, freeze_language_model=args.freeze_language_model,
                   max_caption_tokens=args.max_caption_tokens)
     if args.tokenizer_name_or_path:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.tokenizer_name_or_path))
+        with loading_config_field("tokenizer_name_or_path", args.tokenizer_name_or_path):
+            tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.tokenizer_name_or_path))
     elif args.language_model == SCRATCH:
         if not train_captions:
             raise ValueError("language_model='scratch' trains its tokenizer on the training captions; none were given")
         tokenizer = train_caption_tokenizer(train_captions, vocab_size=args.tokenizer_vocab_size)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.language_model))
+        with loading_config_field("language_model", args.language_model):
+            tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.language_model))
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos token; captions are trained as caption + eos")
 
@@ -120,7 +122,8 @@ def build_model_and_tokenizer(args: CEScriptArguments, voxel_counts: dict[str, i
         gpt2 = GPT2Config(**fields)
         model = BrainPrefixGPT2(BrainPrefixGPT2Config(voxel_counts=voxel_counts, gpt2_config=gpt2, **common))
     else:
-        model = BrainPrefixGPT2.from_language_model(args.language_model, voxel_counts=voxel_counts, **common)
+        with loading_config_field("language_model", args.language_model):
+            model = BrainPrefixGPT2.from_language_model(args.language_model, voxel_counts=voxel_counts, **common)
     gpt2 = model.config.gpt2_config
     if len(tokenizer) > gpt2.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the language model's vocabulary is "

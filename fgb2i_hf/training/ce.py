@@ -182,8 +182,30 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def check_training_arguments(training_args) -> None:
+    """The numbers ``TrainingArguments`` accepts but training cannot use: checked before any data is read (the
+    optimiser would refuse a negative learning rate only after the data is built)."""
+    def number(name):
+        value = getattr(training_args, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        return value
+
+    if not number("learning_rate") > 0:
+        raise ValueError(f"learning_rate must be > 0, got {training_args.learning_rate!r}")
+    for name in ("weight_decay", "warmup_steps", "max_grad_norm"):
+        if number(name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(training_args, name)!r}")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if number(name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(training_args, name)!r}")
+    if training_args.max_steps <= 0 and not number("num_train_epochs") > 0:
+        raise ValueError(f"num_train_epochs must be > 0 (or max_steps > 0), got {training_args.num_train_epochs!r}")
+
+
 def configure_training_arguments(training_args) -> None:
-    """The settings this model needs whatever the config says (hf-gotchas §3)."""
+    """The settings this model needs whatever the config says (hf-gotchas §3), after checking the numbers."""
+    check_training_arguments(training_args)
     # the collator reads subject/captions/nsd_id, which are not forward() arguments
     training_args.remove_unused_columns = False
     # a batch rarely holds every subject: the absent subjects' layers get no gradient under DDP
