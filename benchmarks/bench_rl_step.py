@@ -116,7 +116,8 @@ def main(argv=None) -> dict:
     start_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     total_steps = args.warmup + args.steps
-    shutil.rmtree(os.path.join(args.output_dir, "run"), ignore_errors=True)  # a fresh run (the trainer refuses a used folder)
+    # a fresh run: the trainer refuses a folder that holds one
+    shutil.rmtree(os.path.join(args.output_dir, "run"), ignore_errors=True)
     config = ReinforceConfig(output_dir=os.path.join(args.output_dir, "run"), rewards=names,
                              reward_weights=[0.01] * len(names), num_samples=args.num_samples,
                              baseline="leave_one_out", learning_rate=3e-4, max_steps=total_steps,

@@ -343,7 +343,8 @@ def test_betas_beyond_the_models_dtype_fail_instead_of_an_empty_caption(tiny):
     model, tok = tiny
     huge = random_betas(COUNTS, ["subj01"], seed=3)[:, :40].double() * 1e39
     assert torch.isfinite(huge).all()
-    with pytest.raises(ValueError, match=r"NaN or inf in rows \[0\].*after the cast to the model's dtype torch\.float32"):
+    with pytest.raises(ValueError, match=r"NaN or inf in rows \[0\].*after the cast to the model's dtype "
+                                         r"torch\.float32"):
         model.encode_brain(huge, "subj01")
     with pytest.raises(ValueError, match=r"model's dtype torch\.float32"):
         model.generate_captions(huge, "subj01", tok, max_new_tokens=2)

@@ -281,4 +281,5 @@ def test_shared_ids_outside_the_subjects_images(root, tmp_path):
     mat["sharedix"] = np.append(mat["sharedix"].ravel(), never_seen)[None]
     scipy.io.savemat(p.expdesign, {k: mat[k] for k in ("masterordering", "subjectim", "sharedix")})
     _fails(root, tmp_path, NSDDataError,
-           rf"nsd_expdesign\.mat: 1 sharedix id\(s\) are not among subj01's images in subjectim \(first: \[{never_seen}\]")
+           rf"nsd_expdesign\.mat: 1 sharedix id\(s\) are not among subj01's images in subjectim "
+           rf"\(first: \[{never_seen}\]")

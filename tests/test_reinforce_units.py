@@ -61,7 +61,7 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch():
         (dict(top_k=-1), r"top_k must be >= 0"),
         (dict(max_new_tokens=0), r"max_new_tokens must be >= 1"),
         (dict(kl_coef=-1.0), r"kl_coef must be >= 0"),
-        (dict(ce_weight=float("nan")), r"ce_weight must be a finite number >= 0"),
+        (dict(ce_weight=float("nan")), r"ce_weight must be a finite number, got nan"),
         (dict(reward_weights=[0.01, float("inf"), 0.01]), r"reward_weights must be finite numbers"),
         (dict(logging_steps=0), r"logging_steps must be >= 1"),
         (dict(save_steps=-1), r"save_steps must be >= 0"),

@@ -238,7 +238,8 @@ class CaptionCache:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 lock.close()
-                raise CaptionCacheError(f"{self.path}: another process is writing this cache (lock {lock_path} is held)")
+                raise CaptionCacheError(f"{self.path}: another process is writing this cache "
+                                        f"(lock {lock_path} is held)")
             try:
                 at_path = os.stat(lock_path)
                 held = os.fstat(lock.fileno())

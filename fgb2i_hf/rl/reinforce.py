@@ -139,7 +139,7 @@ class ReinforceConfig:
         def number(name):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
             return value
 
         for name in ("learning_rate", "num_train_epochs", "temperature"):

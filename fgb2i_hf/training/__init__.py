@@ -9,5 +9,5 @@ from .build import build_model_and_tokenizer, first_rows_per_subject, load_ce_da
 from .ce import CONFIG_NAME, FINAL_DIR, BrainCaptionTrainer, CaptionEpochCallback, final_evaluation, run_ce
 
 __all__ = ["CONFIG_NAME", "FINAL_DIR", "SCRATCH", "BrainCaptionTrainer", "CEScriptArguments", "CaptionEpochCallback",
-           "CheckpointError", "build_model_and_tokenizer", "final_evaluation", "first_rows_per_subject", "load_ce_data", "prepare_ce_data", "run_ce",
-           "voxel_counts_of"]
+           "CheckpointError", "build_model_and_tokenizer", "final_evaluation", "first_rows_per_subject", "load_ce_data",
+           "prepare_ce_data", "run_ce", "voxel_counts_of"]
