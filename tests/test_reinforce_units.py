@@ -80,6 +80,7 @@ def test_config_rejects_bad_settings(kwargs, message):
 def test_config_takes_a_single_reward_as_a_list_of_one():
     cfg = ReinforceConfig(rewards="object_accuracy", reward_weights=0.5, report_to="none")
     assert cfg.rewards == ["object_accuracy"] and cfg.reward_weights == [0.5] and cfg.report_to == []
+    assert ReinforceConfig(rewards=[], reward_weights=[]).rewards == []  # no reward: the CE-only control
 
 
 def test_config_parses_reward_kwargs_json():

@@ -109,7 +109,7 @@ class ReinforceConfig:
             if isinstance(value, (str, int, float)):
                 setattr(self, name, [value])
         self.report_to = [r for r in self.report_to if str(r).lower() != "none"]
-        if not self.rewards or not all(isinstance(r, str) and r for r in self.rewards):
+        if not all(isinstance(r, str) and r for r in self.rewards):  # [] is allowed: the CE-only control run
             raise ValueError(f"rewards must be a list of reward names, got {self.rewards!r}")
         if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
                    for w in self.reward_weights):
