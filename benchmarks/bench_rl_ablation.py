@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -310,8 +311,10 @@ def main(argv=None) -> dict[str, Any]:
             t = time.perf_counter()
             torch.manual_seed(args.seed)
             model = BrainPrefixGPT2.from_pretrained(checkpoint)
+            run_dir = os.path.join(args.output_dir, "runs", name.replace(" ", "_").replace("+", ""))
+            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run (the trainer refuses a folder holding a run)
             config = ReinforceConfig(
-                output_dir=os.path.join(args.output_dir, "runs", name.replace(" ", "_").replace("+", "")),
+                output_dir=run_dir,
                 rewards=list(weights), reward_weights=list(weights.values()), num_samples=args.num_samples,
                 baseline=args.baseline, learning_rate=args.learning_rate, lr_scheduler_type="constant",
                 max_steps=args.steps, per_device_train_batch_size=args.batch_size, logging_steps=max(args.steps // 5, 1),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -116,6 +117,8 @@ def main(argv=None) -> dict:
     start_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     total_steps = args.warmup + args.steps
+    # a fresh run: the trainer refuses a folder that holds one
+    shutil.rmtree(os.path.join(args.output_dir, "run"), ignore_errors=True)
     config = ReinforceConfig(output_dir=os.path.join(args.output_dir, "run"), rewards=names,
                              reward_weights=[0.01] * len(names), num_samples=args.num_samples,
                              baseline="leave_one_out", learning_rate=3e-4, max_steps=total_steps,

@@ -146,10 +146,10 @@ def step_train_rl(root: str, output_dir: str, ce_run_dir: str, steps: int = 100,
     if not fresh and os.path.isfile(os.path.join(out, "result.json")) and os.path.isdir(os.path.join(out, "final")):
         print(f"\n[train RL] reusing {out} (--fresh to retrain)")
         return out
-    if fresh and os.path.isdir(out):
+    if os.path.isdir(out):  # --fresh, or a run that never finished: the trainer refuses a folder holding a run
         import shutil
 
-        shutil.rmtree(out)  # log.jsonl appends; checkpoints of another run must not be resumed
+        shutil.rmtree(out)  # the trainer refuses a folder that holds a run
     from fgb2i_hf.drivers import rl as train_rl
     argv = ["--config", SIM_TINY_RL, "--model_name_or_path", os.path.join(ce_run_dir, "final"), "--nsd_root", root,
             "--cache_dir", os.path.join(output_dir, "hf_datasets"), "--output_dir", out, "--max_steps", str(steps),

@@ -5,9 +5,9 @@
     python recipes/train_world.py --config recipes/configs/world_simnsd.yaml --output_dir /tmp/world --unet_steps 100
 
 Every field of ``TrainWorldConfig`` and of the component configs (``clip_*``, ``gpt2_*``, ``vae_*``, ``unet_*``,
-``ldm_*``; see ``fgb2i_hf/world/``) can be set in the YAML or on the command line (the command line wins).
+``ldm_*``; see ``fgb2i_hf/simnsd/world/``) can be set in the YAML or on the command line (the command line wins).
 Simulates the tiny SimNSD (seed 0) in ``work_dir``, trains the selected components, and writes each to
-``<output_dir>/<component>/`` (default: the package's ``fgb2i_hf/world``) with a ``world_training.json`` record.
+``<output_dir>/<component>/`` (default: the package's ``fgb2i_hf/simnsd/world``) with a ``world_training.json`` record.
 On a shared CPU, ``OMP_WAIT_POLICY=PASSIVE`` keeps torch's two threads from spinning against other processes.
 """
 

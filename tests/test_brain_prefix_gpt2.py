@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import fgb2i_hf
 from fgb2i_hf import BrainPrefixGPT2, BrainPrefixGPT2Config
 from fgb2i_hf.testing import caption_batch, random_betas, tiny_brain_prefix_gpt2
+from greedy_helpers import assert_greedy_is_decisive, greedy_with_logits
 
 COUNTS = {"subj01": 40, "subj02": 56}
 CAPTIONS = ["a cat sleeping on a laptop keyboard!", "a dog.", "two giraffes standing next to a tall tree."]
@@ -111,6 +112,8 @@ def test_loss_counts_every_caption_token_and_never_padding(tiny):
     garbage["input_ids"] = batch["input_ids"].masked_fill(pad, bang)
     garbage["labels"] = garbage["input_ids"].clone()  # labels not -100 at padding: the attention mask still rules
     with torch.no_grad():
+        # exact by construction: same model, same shapes, so the same kernels; only masked positions differ, and a
+        # masked position gets an attention weight of exactly 0 and is left out of the loss
         assert torch.equal(model(betas=betas, subject="subj01", **garbage).loss, loss)
         # control: changing a real token does change the loss
         changed = dict(batch)
@@ -187,12 +190,14 @@ def test_mixed_subject_gradients_reach_each_subject_layer_once():
 
 
 def _naive_greedy(model, prefix, max_new_tokens, eos):
-    """Reference: re-run GPT-2 over the whole prefix + text each step, argmax of the last position."""
+    """Reference: re-run GPT-2 over the whole prefix + text each step, argmax of the last position.
+    Returns the tokens (B, T) and each step's logits (B, T, vocab)."""
     embeds, done = prefix, torch.zeros(prefix.shape[0], dtype=torch.bool)
-    tokens = []
+    tokens, step_logits = [], []
     with torch.no_grad():
         for _ in range(max_new_tokens):
             logits = model.gpt2(inputs_embeds=embeds).logits[:, -1]
+            step_logits.append(logits)
             nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             tokens.append(nxt)
@@ -200,7 +205,7 @@ def _naive_greedy(model, prefix, max_new_tokens, eos):
             embeds = torch.cat([embeds, model.gpt2.transformer.wte(nxt)[:, None]], 1)
             if done.all():
                 break
-    return torch.stack(tokens, 1)
+    return torch.stack(tokens, 1), torch.stack(step_logits, 1)
 
 
 def _varied_model(seed=2):
@@ -217,9 +222,13 @@ def test_greedy_generate_equals_naive_reference_loop():
     betas = random_betas(COUNTS, subjects, seed=5)
     prefix = model.encode_brain(betas, subjects)
     eos = tok.eos_token_id
-    expected = _naive_greedy(model, prefix, 20, eos)
-    got = model.generate(betas=betas, subject=subjects, max_new_tokens=20)
+    expected, expected_logits = _naive_greedy(model, prefix, 20, eos)
+    # The KV cache and the full recompute are different kernels: logits agree to rounding (~1e-6), so compare them
+    # with a tolerance, and the tokens exactly only because no step of these betas is a near-tie.
+    got, logits = greedy_with_logits(model, betas, subjects, max_new_tokens=20)
+    assert_greedy_is_decisive(model, betas, subjects, eos, max_new_tokens=20)
     assert torch.equal(got, expected)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
     assert len({tuple(r) for r in got.tolist()}) == 6  # control: each brain leads to its own caption
     ended = [eos in r for r in got.tolist()]
     assert any(ended) and not all(ended)  # some rows stop early (and are padded), some run to the limit
@@ -244,13 +253,14 @@ def test_beam_search_and_sampling_shapes_and_stopping(tiny):
     sampled = model.generate(betas=betas, subject=subjects, do_sample=True, top_p=0.9, num_return_sequences=3,
                              max_new_tokens=9)
     assert sampled.shape == (6, 9)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # exact by construction: the same model, inputs and kernels, the same random draws
     assert torch.equal(model.generate(betas=betas, subject=subjects, do_sample=True, top_p=0.9,
                                       num_return_sequences=3, max_new_tokens=9), sampled)  # seeded
     assert len(model.generate_captions(betas, subjects, tok, num_beams=3, num_return_sequences=3,
                                        max_new_tokens=5)) == 6
     # num_beams=1 is greedy
     greedy = model.generate(betas=betas, subject=subjects, max_new_tokens=8)
+    # exact by construction: num_beams=1 takes the very code path of the default call
     assert torch.equal(model.generate(betas=betas, subject=subjects, max_new_tokens=8, num_beams=1), greedy)
     # default length: config.max_caption_tokens
     assert model.generate(betas=betas, subject=subjects).shape[1] <= model.config.max_caption_tokens
@@ -265,7 +275,7 @@ def test_generation_stops_at_stop_tokens():
     assert stop != tok.eos_token_id
     k = greedy.index(stop)  # the first time row 0 produces the stop token
     stopped = model.generate(betas=betas, subject=subjects, max_new_tokens=12, eos_token_id=[stop, tok.eos_token_id])
-    assert stopped[0, : k + 1].tolist() == greedy[: k + 1]
+    assert stopped[0, : k + 1].tolist() == greedy[: k + 1]  # exact by construction: same batch, only the stop differs
     assert (stopped[0, k + 1 :] == tok.eos_token_id).all()  # padded after the stop, pad = eos
     for row in stopped.tolist():  # every row ends at its first stop token or runs to the limit
         ends = [i for i, t in enumerate(row) if t in (stop, tok.eos_token_id)]
@@ -276,11 +286,15 @@ def test_greedy_generate_mixed_subjects_equals_per_subject():
     model, _ = _varied_model(seed=1)
     subjects = ["subj02", "subj01", "subj02", "subj01"]
     betas = random_betas(COUNTS, subjects, seed=7)
-    mixed = model.generate(betas=betas, subject=subjects, max_new_tokens=10)
+    mixed, mixed_logits = greedy_with_logits(model, betas, subjects, max_new_tokens=10)
+    # Batches of 4 and of 2 rows run other kernels: logits agree to rounding, so they are compared with a tolerance,
+    # and the tokens exactly only because no greedy step of these betas is a near-tie.
+    assert_greedy_is_decisive(model, betas, subjects, model.eos_token_id, max_new_tokens=10)
     for s in COUNTS:
         rows = [i for i, x in enumerate(subjects) if x == s]
-        alone = model.generate(betas=betas[rows, : COUNTS[s]], subject=s, max_new_tokens=10)
+        alone, alone_logits = greedy_with_logits(model, betas[rows, : COUNTS[s]], s, max_new_tokens=10)
         assert torch.equal(mixed[rows, : alone.shape[1]], alone)
+        torch.testing.assert_close(mixed_logits[rows, : alone.shape[1]], alone_logits, atol=1e-4, rtol=1e-4)
 
 
 # -- bad input -----------------------------------------------------------------------------------------------------
@@ -321,6 +335,27 @@ def test_nan_or_inf_in_betas(tiny, bad):
         model.encode_brain(betas, ["subj01", "subj02", "subj01"])
     with pytest.raises(ValueError, match=r"NaN or inf"):
         model.generate(betas=betas[[2], :40], subject="subj01", max_new_tokens=2)
+
+
+def test_betas_beyond_the_models_dtype_fail_instead_of_an_empty_caption(tiny):
+    """Finite float64 betas beyond float32's range become inf in the model's dtype; a half-precision model can
+    overflow inside the subject layer. Either way the prefix would be NaN/inf and the caption empty: an error."""
+    model, tok = tiny
+    huge = random_betas(COUNTS, ["subj01"], seed=3)[:, :40].double() * 1e39
+    assert torch.isfinite(huge).all()
+    with pytest.raises(ValueError, match=r"NaN or inf in rows \[0\].*after the cast to the model's dtype "
+                                         r"torch\.float32"):
+        model.encode_brain(huge, "subj01")
+    with pytest.raises(ValueError, match=r"model's dtype torch\.float32"):
+        model.generate_captions(huge, "subj01", tok, max_new_tokens=2)
+    half, _ = tiny_brain_prefix_gpt2(COUNTS)
+    half = half.to(torch.float16)
+    loud = random_betas(COUNTS, ["subj01"], seed=3)[:, :40] * 6e4  # |x| < 65504 for most voxels, so finite in fp16
+    loud = loud.clamp(-6e4, 6e4)
+    with pytest.raises(ValueError, match=r"prefix of rows \[0\] is not finite in the model's dtype torch\.float16"):
+        half.encode_brain(loud, "subj01")
+    # control: ordinary betas pass through the half-precision model
+    assert torch.isfinite(half.encode_brain(random_betas(COUNTS, ["subj01"], seed=3)[:, :40], "subj01")).all()
 
 
 def test_batch_sizes_that_disagree(tiny):

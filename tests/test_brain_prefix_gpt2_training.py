@@ -7,6 +7,7 @@ from transformers import Trainer, TrainingArguments
 
 from fgb2i_hf import BrainPrefixGPT2
 from fgb2i_hf.testing import caption_batch, random_betas, tiny_brain_prefix_gpt2
+from greedy_helpers import assert_greedy_is_decisive, greedy_with_logits
 
 COUNTS = {"subj01": 40, "subj02": 56}
 CAPTIONS = ["a cat sleeping on a laptop keyboard!", "a dog.", "two giraffes standing next to a tall tree.",
@@ -27,7 +28,7 @@ def test_frozen_language_model_gets_no_gradient_and_no_dropout():
     assert not model.gpt2.training and model.mapper.training  # frozen GPT-2 stays in eval mode (ClipCap)
     torch.manual_seed(0)
     first = _loss(model)
-    assert torch.equal(_loss(model), first)  # no dropout in the frozen LM: deterministic
+    assert torch.equal(_loss(model), first)  # no dropout in the frozen LM: deterministic (same model and kernels)
     first.backward()
     assert all(p.grad is None for p in model.gpt2.parameters())
     for name, p in model.named_parameters():
@@ -57,7 +58,7 @@ def test_activation_checkpointing_with_a_frozen_language_model():
     again = _loss(model)
     again.backward()
     assert len(calls) == 2  # the block was recomputed in the backward pass: checkpointing is on
-    assert torch.equal(again, loss)  # and no dropout crept in
+    assert torch.equal(again, loss)  # and no dropout crept in (exact: the forward pass runs the same kernels)
     for n, g in grads.items():
         torch.testing.assert_close(model.get_parameter(n).grad, g, atol=1e-6, rtol=1e-5, msg=n)
 
@@ -86,7 +87,7 @@ def test_add_subject_trains_only_the_new_layer(tmp_path):
         if n.startswith("subject_proj.subj03"):
             assert not torch.equal(p, before[n]), n
         else:
-            assert torch.equal(p, before[n]), n  # everything else untouched, bit for bit
+            assert torch.equal(p, before[n]), n  # everything else untouched, bit for bit (never written to)
     # the new subject mixes with the old ones and survives a save/load round trip
     mixed = random_betas(model.config.voxel_counts, ["subj03", "subj02"])
     model.eval()
@@ -96,7 +97,8 @@ def test_add_subject_trains_only_the_new_layer(tmp_path):
     loaded = BrainPrefixGPT2.from_pretrained(tmp_path)
     assert loaded.config.voxel_counts["subj03"] == 24
     with torch.no_grad():
-        assert torch.equal(loaded.encode_brain(mixed, ["subj03", "subj02"]), prefix)
+        # bit-identical weights at other memory alignments (see test_brain_prefix_gpt2_hub): equal to rounding
+        torch.testing.assert_close(loaded.encode_brain(mixed, ["subj03", "subj02"]), prefix, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"subject 'subj01' already exists \(with 40 voxels\)"):
         model.add_subject("subj01", 10)
     with pytest.raises(ValueError, match=r"n_voxels for subj04 must be a positive int"):
@@ -137,8 +139,12 @@ def test_lora_train_save_load_merge(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(_loss(reloaded, seed=1), trained)
         betas = random_betas(COUNTS, SUBJECTS, seed=2)
-        tokens = reloaded.generate(betas=betas, subject=SUBJECTS, max_new_tokens=6)
-        assert torch.equal(tokens, peft_model.generate(betas=betas, subject=SUBJECTS, max_new_tokens=6))
+        tokens, logits = greedy_with_logits(reloaded, betas, SUBJECTS, max_new_tokens=6)
+        # a reloaded copy agrees to rounding: logits with a tolerance, tokens exactly as no greedy step is a near-tie
+        expected = assert_greedy_is_decisive(peft_model, betas, SUBJECTS, model.eos_token_id, max_new_tokens=6)
+        assert torch.equal(tokens, expected)
+        torch.testing.assert_close(logits, greedy_with_logits(peft_model, betas, SUBJECTS, max_new_tokens=6)[1],
+                                   atol=1e-4, rtol=1e-4)
     merged = reloaded.merge_and_unload()
     assert type(merged) is BrainPrefixGPT2
     assert not any("lora" in n or "modules_to_save" in n for n, _ in merged.named_parameters())

@@ -1,5 +1,7 @@
 import json
 import logging
+import os
+import stat
 
 import pytest
 
@@ -102,3 +104,40 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_cache(tmp_path):
 def test_a_folder_is_not_a_cache(tmp_path):
     with pytest.raises(CaptionCacheError, match="is a folder"):
         CaptionCache.open(str(tmp_path), "h1")
+
+
+def test_repairing_a_cache_keeps_its_permissions(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(rec(0)) + "\n" + '{"nsd_id": 1, "cap')
+    os.chmod(path, 0o644)
+    with CaptionCache.open(str(path), "h1") as cache:
+        assert cache.done == {0}
+    assert path.read_text() == json.dumps(rec(0)) + "\n"  # repaired...
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # ...with its mode (the temporary file's was 0600)
+    fresh = tmp_path / "fresh.jsonl"
+    write_records_atomic(str(fresh), [rec(0)])  # a new file: the process's umask, like open() would give
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o666 & ~umask
+
+
+def test_no_lock_file_is_left_beside_the_cache(tmp_path):
+    path = str(tmp_path / "c.jsonl")
+    with CaptionCache.open(path, "h1") as cache:
+        cache.append([rec(0)])
+        with pytest.raises(CaptionCacheError, match="another process is writing"):
+            CaptionCache.open(path, "h1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
+    with CaptionCache.open(path, "h1") as cache:  # and it can be taken again
+        assert cache.done == {0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
+
+
+def test_a_duplicate_id_is_reported_and_dropped(tmp_path, caplog):
+    path = tmp_path / "c.jsonl"
+    lines = [rec(0), rec(1), rec(0, caption="captioned again"), rec(0, "h2")]  # h2: other settings, not a duplicate
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with caplog.at_level(logging.WARNING), CaptionCache.open(str(path), "h1", allow_mixed_settings=True) as cache:
+        assert cache.done == {0, 1}
+    assert "dropping 1 duplicate record(s)" in caplog.text and "line 3 repeats nsd_id 0 of line 1" in caplog.text
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in (lines[0], lines[1], lines[3]))

@@ -117,10 +117,12 @@ pipe = FgB2IPipeline.from_pretrained({str(tmp_path / 'pipe')!r})
 pipe.set_progress_bar_config(disable=True)
 out = pipe(torch.from_numpy(np.load({str(tmp_path / 'betas.npy')!r})), {SUBJECT!r}, w=0.5, num_inference_steps=3,
            output_type="np", generator=torch.Generator().manual_seed(0))
-print(type(pipe.z_decoder).__name__, np.array_equal(out.images, np.load({str(tmp_path / 'images.npy')!r})))
+print(type(pipe.z_decoder).__name__, float(np.abs(out.images - np.load({str(tmp_path / 'images.npy')!r})).max()))
 """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": root})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split()[-2:] == ["RidgeDecoder", "True"]
+    name, difference = result.stdout.split()[-2:]
+    # another process with reloaded weights (other alignment, so maybe other kernels): the same images to rounding
+    assert name == "RidgeDecoder" and float(difference) <= 1e-4, result.stdout[-500:]

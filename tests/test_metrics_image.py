@@ -187,6 +187,7 @@ def test_swav_weights_load_from_safetensors_and_torch_files(tmp_path):
     torch.save(checkpoint, tmp_path / "swav_800ep_pretrain.pth.tar")
     for name in ("swav.safetensors", "swav_800ep_pretrain.pth.tar"):
         loaded = swav_resnet50(str(tmp_path / name)).state_dict()
+        # exact: stored bits read back
         differing = [k for k, v in loaded.items() if not k.startswith("fc.") and not torch.equal(v, source[k])]
         assert not differing, f"{name}: {differing[:3]}"
     assert "conv1.weight" in load_swav_state_dict(str(tmp_path / "swav.safetensors"))

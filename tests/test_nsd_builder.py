@@ -118,6 +118,7 @@ def test_hdf5_and_nifti_give_identical_rows(simnsd_root, nsd_cache_dir):
     a = load_nsd(simnsd_root, subjects=["subj05"], cache_dir=nsd_cache_dir, betas_format="hdf5")
     b = load_nsd(simnsd_root, subjects=["subj05"], cache_dir=nsd_cache_dir, betas_format="nii.gz")
     for split in ("train", "test"):
+        # exact by construction: the same int16 values on disk, then the same numpy operations in the same order
         assert np.array_equal(_betas(a[split]), _betas(b[split]))
         assert a[split]["nsd_id"] == b[split]["nsd_id"]
 
@@ -226,7 +227,7 @@ def test_betas_tensor_pads_mixed_subjects(simnsd_dataset):
     same = ds[:8]
     x = betas_tensor(same["betas"])
     assert x.shape == (8, 314) and x.dtype == torch.float32
-    assert torch.equal(x, torch.tensor(np.stack(same["betas"]).astype(np.float32)))
+    assert torch.equal(x, torch.tensor(np.stack(same["betas"]).astype(np.float32)))  # exact: float16 -> 32 casts
     n = len(ds)
     mixed = ds.select([0, n - 1])  # subj01 (314 voxels) and subj07 (254)
     rows = mixed["betas"]

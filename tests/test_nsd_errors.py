@@ -211,3 +211,76 @@ def test_corrupt_annotation_file(root, tmp_path):
     with open(p.instances("val2017"), "w") as f:
         f.write(text[: len(text) // 2])
     _fails(root, tmp_path, NSDDataError, r"instances_val2017\.json: not valid JSON.*COCO instances")
+
+
+# -- silent wrong results found by probing (issue 13) ---------------------------------------------------------------
+
+def _to_float_percent(root, sessions=(1, 2, 3)):
+    """Rewrite hdf5 sessions as float32 % signal change (stored int16 / 300), as a float betas export would be."""
+    for session in sessions:
+        path = _session_file(root, session)
+        with h5py.File(path, "r") as f:
+            vol = f["betas"][:].astype(np.float32) / 300
+        with h5py.File(path, "w") as f:
+            f.create_dataset("betas", data=vol)
+    return vol
+
+
+def test_float_betas_are_taken_as_percent_signal_change(root, tmp_path):
+    """NSD's convention follows the stored dtype: int16 holds % signal change x 300 (divided by 300), float files
+    hold % signal change already (not divided again)."""
+    as_int = load_nsd(root, subjects=["subj01"], cache_dir=str(tmp_path / "int"), zscore="none", beta_dtype="float32")
+    _to_float_percent(root)
+    as_float = load_nsd(root, subjects=["subj01"], cache_dir=str(tmp_path / "float"), zscore="none",
+                        beta_dtype="float32")
+    for split in ("train", "test"):
+        a = np.stack(as_int[split].with_format("numpy")["betas"])
+        b = np.stack(as_float[split].with_format("numpy")["betas"])
+        assert np.abs(a).max() > 0.5  # a real signal (a float file divided by 300 again would be ~300x smaller)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)  # float32 rounding of the same values
+
+
+def test_nan_in_float_betas_is_named_not_built(root, tmp_path):
+    _to_float_percent(root)
+    with h5py.File(_session_file(root, 2), "r") as f:
+        vol = f["betas"][:]
+    mask = np.asanyarray(__import__("nibabel").load(NSDPaths(root).nsdgeneral("subj01")).dataobj) > 0
+    x, y, z = np.argwhere(mask)[0]
+    vol[5, z, y, x] = np.nan
+    with h5py.File(_session_file(root, 2), "w") as f:
+        f.create_dataset("betas", data=vol)
+    _fails(root, tmp_path, NSDDataError, r"betas_session02\.hdf5: 1 non-finite value.*trial 6 of the session")
+
+
+def test_duplicate_nsd_id_in_the_stimulus_table(root, tmp_path):
+    p = NSDPaths(root)
+    table = pd.read_csv(p.stim_info, index_col=0)
+    seen = int(table[table.subject1 == 1].nsdId.iloc[3])
+    other = table[table.nsdId == seen].copy()
+    other["cocoId"] = int(table.cocoId.iloc[0])  # another image's COCO id under the same nsdId, listed first
+    pd.concat([other, table]).to_csv(p.stim_info)
+    _fails(root, tmp_path, NSDDataError, rf"nsd_stim_info_merged\.csv: nsdId {seen} appears on 2 rows \(data rows 1, ")
+
+
+def test_nan_coco_id_names_the_file_and_row(root, tmp_path):
+    p = NSDPaths(root)
+    table = pd.read_csv(p.stim_info, index_col=0)
+    row = int(np.flatnonzero(table.subject1.to_numpy() == 1)[2])
+    nsd_id = int(table.nsdId.iloc[row])
+    table.loc[table.index[row], "cocoId"] = np.nan
+    table.to_csv(p.stim_info)
+    _fails(root, tmp_path, NSDDataError,
+           rf"nsd_stim_info_merged\.csv: cocoId of nsdId {nsd_id} \(data row {row + 1}\) is not an integer: nan")
+
+
+def test_shared_ids_outside_the_subjects_images(root, tmp_path):
+    import scipy.io
+
+    p = NSDPaths(root)
+    mat = scipy.io.loadmat(p.expdesign)
+    never_seen = int(np.setdiff1d(np.arange(1, mat["subjectim"].max() + 2), mat["subjectim"][0])[0])
+    mat["sharedix"] = np.append(mat["sharedix"].ravel(), never_seen)[None]
+    scipy.io.savemat(p.expdesign, {k: mat[k] for k in ("masterordering", "subjectim", "sharedix")})
+    _fails(root, tmp_path, NSDDataError,
+           rf"nsd_expdesign\.mat: 1 sharedix id\(s\) are not among subj01's images in subjectim "
+           rf"\(first: \[{never_seen}\]")

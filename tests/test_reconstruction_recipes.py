@@ -66,14 +66,25 @@ def test_reconstruct_writes_images_captions_grid_and_settings(mindeye_run):
     assert settings["config"]["base"] == "mindeye" and "diffusers" in settings["versions"]
 
 
-def test_reconstruct_resumes_with_the_same_images(mindeye_run, simnsd_dataset, stimuli):
+def test_reconstruct_resumes_with_the_same_images(mindeye_run, simnsd_dataset, test_rows, stimuli):
+    from fgb2i_hf.data import betas_tensor
+    from fgb2i_hf.testing import tiny_brain_prefix_gpt2
+    from greedy_helpers import assert_greedy_is_decisive
+
     config, _, ids = mindeye_run
     folder = os.path.join(config.output_dir, "fgb2i")
     before = load_images(folder, [ids[2]])
     os.remove(os.path.join(folder, f"{ids[2]}.png"))  # as if the run had been killed before this image
     summary = reconstruct(config, dataset=simnsd_dataset["test"], stimuli=stimuli, progress=False)
     assert summary["reconstructed_now"] == 1  # the other three were skipped
-    assert np.array_equal(load_images(folder, [ids[2]]), before)
+    # Rerun alone, not in its batch of 3: other kernels, so floats agree to rounding. The caption (the run's
+    # tiny-random brain model) is the same on any CPU as its greedy decoding has no near-tie; the PNG's pixels then
+    # differ by at most one level (a value within rounding of a level boundary).
+    betas = betas_tensor(test_rows.with_format("numpy", columns=["betas"])[2:3]["betas"])
+    brain, tokenizer = tiny_brain_prefix_gpt2({SUBJECT: betas.shape[1]}, seed=config.seed)
+    assert_greedy_is_decisive(brain, betas, SUBJECT, tokenizer.eos_token_id)
+    again = load_images(folder, [ids[2]])
+    assert np.abs(again.astype(int) - before.astype(int)).max() <= 1
 
 
 def test_reconstruct_needs_mindeye_inputs_and_known_ids(mindeye_run, simnsd_dataset, stimuli, tmp_path):

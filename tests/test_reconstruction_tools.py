@@ -77,3 +77,18 @@ def test_comparison_table_shows_each_fgb2i_row_against_its_own_base():
     assert table[3].startswith("| LDM + FgB2I | 0.1500 (+0.0500) | 0.5000 (-0.1000)")
     assert table[5].startswith("| MindEye + FgB2I | 0.2000 (-0.1000) | 0.4500 (+0.0500)")
     assert "(" not in table[2] and "(" not in table[4]  # base rows carry no deltas
+
+
+def test_unknown_model_ids_name_the_setting(tmp_path):
+    """Offline, an unknown id fails with the setting and the id named (the Hub's own error names neither)."""
+    from fgb2i_hf.pipelines import build_pipeline
+    from fgb2i_hf.core import loading_config_field
+
+    with pytest.raises(OSError, match=r"diffusion_model='no-such-org/no-such-sd': cannot load it"):
+        build_pipeline("ldm", "no-such-org/no-such-sd")
+    with pytest.raises(OSError, match=r"brain_model='no-such-org/no-such-brain': cannot load it"):
+        build_pipeline("ldm", "tiny-random", brain_model="no-such-org/no-such-brain")
+    # the class is kept, so callers catching FileNotFoundError still do
+    with pytest.raises(FileNotFoundError, match=r"clip_model='simnsd/none': cannot load it"):
+        with loading_config_field("clip_model", "simnsd/none"):
+            raise FileNotFoundError(str(tmp_path / "none"))

@@ -58,11 +58,23 @@ def test_get_reward_by_name_and_by_import_path(tmp_path, monkeypatch):
         (lambda completions, **kw: [1.0, float("nan")], "reward 'bad' returned nan"),
         (lambda completions, **kw: [1.0, float("inf")], "not finite"),
         (lambda completions, **kw: None, "must return a list of floats"),
+        # a dict would become its keys, a string its characters: both refused, as are non-numeric items
+        (lambda completions, **kw: {0.5: "a", 1.0: "b"}, r"must return a list of floats, got dict"),
+        (lambda completions, **kw: "11", r"must return a list of floats, got str"),
+        (lambda completions, **kw: ["1", "0"], r"must return floats, got str at position 0: '1'"),
+        (lambda completions, **kw: np.array([[1.0, 2.0]]), r"must return a 1-D list of floats, got shape \(1, 2\)"),
     ],
 )
 def test_call_reward_names_the_failing_reward(fn, message):
     with pytest.raises(RewardError, match=message):
         call_reward("bad", fn, ["a", "b"])
+
+
+def test_call_reward_accepts_lists_tuples_arrays_and_tensors():
+    import torch
+
+    for values in ([1, 0.5], (1.0, 0.5), np.array([1.0, 0.5], np.float32), torch.tensor([1.0, 0.5]), [True, 0.5]):
+        np.testing.assert_array_equal(call_reward("ok", lambda completions, **kw: values, ["a", "b"]), [1.0, 0.5])
 
 
 def test_call_reward_passes_columns():

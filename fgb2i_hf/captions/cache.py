@@ -12,7 +12,9 @@ from the audit's filter, ...).
 Kill safety: records are appended a batch at a time with one ``write`` followed by ``flush`` and ``fsync``,
 so a kill loses at most the batch in flight. A line that is nevertheless torn or corrupt (power loss, a
 disk filling up, a hand edit) is reported when the cache is opened, dropped from the file (which is rewritten
-through a temporary file and an atomic rename) and its image captioned again.
+through a temporary file and an atomic rename, keeping the file's permissions) and its image captioned again.
+A second record of an image with the same settings is reported and dropped the same way (the first is kept).
+While a cache is open for writing, ``<cache>.lock`` holds an advisory lock; it is removed on close.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -59,6 +62,19 @@ class CacheScan:
 
     records: list[dict] = field(default_factory=list)
     bad_lines: list[tuple[int, str]] = field(default_factory=list)  # (1-based line number, why)
+    record_lines: list[int] = field(default_factory=list)  # the 1-based line number of each record
+
+    def duplicates(self) -> list[tuple[int, int, int]]:
+        """``(line, nsd_id, first line)`` of each record repeating an earlier one's ``nsd_id`` and settings."""
+        first: dict[tuple, int] = {}
+        found = []
+        for record, line in zip(self.records, self.record_lines):
+            key = (record["nsd_id"], record.get("settings_hash"))
+            if key in first:
+                found.append((line, record["nsd_id"], first[key]))
+            else:
+                first[key] = line
+        return found
 
     def settings(self) -> dict[str | None, int]:
         """``{settings_hash: number of records}`` (``None`` for records without one)."""
@@ -97,6 +113,7 @@ def read_cache(path: str) -> CacheScan:
                                    f"not a JSON record ({type(e).__name__}: {e})"))
             continue
         scan.records.append(record)
+        scan.record_lines.append(lineno)
     return scan
 
 
@@ -119,11 +136,19 @@ def _fsync_dir(path: str) -> None:
 
 
 def write_records_atomic(path: str, records: Sequence[dict]) -> None:
-    """Replace ``path`` by ``records`` through a temporary file in the same folder and an atomic rename."""
+    """Replace ``path`` by ``records`` through a temporary file in the same folder and an atomic rename; the file
+    keeps its permissions (a new one gets the umask's, as ``open`` would give it; mkstemp's are 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(encode_records(records))
             f.flush()
@@ -152,6 +177,7 @@ class CaptionCache:
         self.done: set[int] = {r["nsd_id"] for r in scan.records if r.get("settings_hash") == settings}
         self._file = None
         self._lock = None
+        self._lock_path = None
 
     @classmethod
     def open(cls, path: str, settings: str, allow_mixed_settings: bool = False) -> "CaptionCache":
@@ -175,6 +201,16 @@ class CaptionCache:
                 more = f" (and {len(scan.bad_lines) - 5} more)" if len(scan.bad_lines) > 5 else ""
                 logger.warning("%s: dropping %d torn or corrupt line(s), their images will be captioned again: %s%s",
                                path, len(scan.bad_lines), shown, more)
+            repeats = scan.duplicates()
+            if repeats:
+                shown = "; ".join(f"line {n} repeats nsd_id {i} of line {f}" for n, i, f in repeats[:5])
+                more = f" (and {len(repeats) - 5} more)" if len(repeats) > 5 else ""
+                logger.warning("%s: dropping %d duplicate record(s) (an image captioned twice with the same settings; "
+                               "the first record is kept): %s%s", path, len(repeats), shown, more)
+                dropped = {n for n, _, _ in repeats}
+                keep = [(r, n) for r, n in zip(scan.records, scan.record_lines) if n not in dropped]
+                scan.records, scan.record_lines = [r for r, _ in keep], [n for _, n in keep]
+            if scan.bad_lines or repeats:
                 write_records_atomic(path, scan.records)
             cache.scan = scan
             cache.done = {r["nsd_id"] for r in scan.records if r.get("settings_hash") == settings}
@@ -184,20 +220,37 @@ class CaptionCache:
         return cache
 
     def _acquire_lock(self) -> None:
-        """Refuse a second process appending to the same cache (advisory lock; POSIX only)."""
+        """Refuse a second process appending to the same cache (advisory lock on ``<cache>.lock``; POSIX only).
+
+        The lock file is removed on close, while still locked. A process that opened it just before and locks it
+        just after then holds a lock on a file no longer at that path: it sees so (another inode, or none) and
+        opens the path afresh, so two writers never hold the lock of the file at the path."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             return
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.abspath(self.path) + ".lock", "a")
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
-            raise CaptionCacheError(f"{self.path}: another process is writing this cache (lock {lock.name} is held)")
-        self._lock = lock
+        lock_path = os.path.abspath(self.path) + ".lock"
+        for _ in range(100):
+            lock = open(lock_path, "a")
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.close()
+                raise CaptionCacheError(f"{self.path}: another process is writing this cache "
+                                        f"(lock {lock_path} is held)")
+            try:
+                at_path = os.stat(lock_path)
+                held = os.fstat(lock.fileno())
+                current = (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
+            except FileNotFoundError:
+                current = False
+            if current:
+                self._lock, self._lock_path = lock, lock_path
+                return
+            lock.close()  # removed by a writer that was closing: try the path again
+        raise CaptionCacheError(f"{self.path}: could not take the lock {lock_path}")
 
     def append(self, records: Sequence[dict]) -> None:
         """Append a batch of records as complete lines, then flush and fsync."""
@@ -216,7 +269,11 @@ class CaptionCache:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._lock is not None:  # the lock file stays: unlinking it would let two processes lock two inodes
+        if self._lock is not None:  # removed while still locked (see _acquire_lock), then released
+            try:
+                os.unlink(self._lock_path)
+            except FileNotFoundError:
+                pass
             self._lock.close()
             self._lock = None
 

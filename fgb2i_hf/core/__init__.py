@@ -19,12 +19,12 @@ from .io import (
     save_safetensors_atomic,
     scratch_folder,
 )
-from .names import TINY_RANDOM, WORLD_PREFIX, resolve_pretrained, world_dir
+from .names import TINY_RANDOM, WORLD_PREFIX, loading_config_field, resolve_pretrained, world_dir
 from .tensors import as_betas, betas_tensor
 from .versions import versions
 
 __all__ = [
     "TINY_RANDOM", "WORLD_PREFIX", "append_jsonl", "as_betas", "atomic_path", "atomic_write_bytes",
-    "atomic_write_json", "atomic_write_text", "betas_tensor", "publish_folder", "resolve_pretrained",
+    "atomic_write_json", "atomic_write_text", "betas_tensor", "loading_config_field", "publish_folder", "resolve_pretrained",
     "save_npy_atomic", "save_png_atomic", "save_safetensors_atomic", "scratch_folder", "versions", "world_dir",
 ]

@@ -7,6 +7,7 @@ from this file's place in the package; nothing of :mod:`fgb2i_hf.simnsd` is impo
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 WORLD_PREFIX = "simnsd/"
@@ -31,3 +32,22 @@ def resolve_pretrained(name_or_path):
             "Shipped components are the folders of fgb2i_hf/simnsd/world/; recipes/train_world.py rebuilds them."
         )
     return path
+
+
+@contextlib.contextmanager
+def loading_config_field(field: str, name_or_path):
+    """Name the config field whose model id or path could not be loaded.
+
+    The Hub's and the file system's errors (an unknown id, offline without a cached copy, a missing folder) say
+    neither which setting gave the name nor, often, the name itself; the error is re-raised, same class, with both.
+    """
+    try:
+        yield
+    except OSError as e:
+        message = (f"{field}={name_or_path!r}: cannot load it ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
+                   "check the id or path, or download it first (offline, HF_HUB_OFFLINE=1 allows cached models only)")
+        try:
+            error = type(e)(message)
+        except Exception:
+            error = OSError(message)
+        raise error from e

@@ -3,7 +3,9 @@
 Voxel order everywhere is the C order of the (X, Y, Z) volume as nibabel loads ``nsdgeneral.nii.gz``
 (``volume[mask > 0]``), which is Brain-Diffuser's order. NSD's ``.nii.gz`` betas are (X, Y, Z, 750); its
 ``.hdf5`` betas read in h5py as (750, Z, Y, X), so they are mapped back to that order explicitly.
-Values are returned as stored (int16 = % signal change x 300); the builder divides by 300.
+Values are returned as stored; ``units_divisor`` says what turns them into % signal change. NSD's convention is
+that of its files: int16 betas hold % signal change x 300 (divided by 300), float betas hold % signal change
+already (not divided). Non-finite values stop the build with the file, trial and voxel named.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import zlib
 import h5py
 import numpy as np
 
-from .layout import TRIALS_PER_SESSION, NSDDataError, NSDMissingFileError, NSDPaths, require_file
+from .layout import BETAS_SCALE, TRIALS_PER_SESSION, NSDDataError, NSDMissingFileError, NSDPaths, require_file
 
 _SESSION_FILE = re.compile(r"betas_session(\d+)\.(hdf5|nii\.gz)$")
 _SLAB_BYTES = 64 * 2**20  # read hdf5 betas in Z slabs of at most this size
@@ -170,14 +172,36 @@ def _read_nifti_session(path: str, order: _VoxelOrder, block: int = 50) -> np.nd
     return out
 
 
+def units_divisor(dtype) -> float:
+    """What stored betas are divided by to give % signal change: 300 for integer files (NSD's int16 = % signal
+    change x 300), 1 for float files (taken as % signal change already)."""
+    return BETAS_SCALE if np.issubdtype(np.dtype(dtype), np.integer) else 1.0
+
+
+def _check_finite(path: str, block: np.ndarray) -> None:
+    """One NaN would make every row NaN (through the z-score statistics), so a float session must be finite."""
+    if block.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(block)
+    if bad.any():
+        trial, voxel = (int(i) for i in np.argwhere(bad)[0])
+        raise NSDDataError(f"{path}: {int(bad.sum())} non-finite value(s) (NaN or inf) in the nsdgeneral betas, the "
+                           f"first at trial {trial + 1} of the session, voxel {voxel} of the ROI; NSD's betas are "
+                           "finite: repair the file, or leave this session out (sessions=N)")
+
+
 def read_session(path: str, labels_or_order) -> np.ndarray:
-    """Masked betas of one session, (750, V) in the stored units (int16 for NSD), voxel order = C order of XYZ."""
+    """Masked betas of one session, (750, V) in the stored units (int16 for NSD; see ``units_divisor``), voxel
+    order = C order of XYZ; float sessions are checked to be finite."""
     order = labels_or_order if isinstance(labels_or_order, _VoxelOrder) else _VoxelOrder(labels_or_order)
     if path.endswith(".hdf5"):
-        return _read_hdf5_session(path, order)
-    if path.endswith(".nii.gz"):
-        return _read_nifti_session(path, order)
-    raise ValueError(f"{path}: betas must be .hdf5 or .nii.gz")
+        block = _read_hdf5_session(path, order)
+    elif path.endswith(".nii.gz"):
+        block = _read_nifti_session(path, order)
+    else:
+        raise ValueError(f"{path}: betas must be .hdf5 or .nii.gz")
+    _check_finite(path, block)
+    return block
 
 
 def voxel_order(labels: np.ndarray) -> _VoxelOrder:

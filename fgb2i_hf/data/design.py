@@ -84,6 +84,11 @@ def trial_table(design: ExpDesign, subject: str, sessions: int) -> TrialTable:
     if n_trials > len(design.masterordering):
         raise NSDDataError(f"{sessions} sessions need {n_trials} trials, but masterordering in {design.path} has "
                            f"{len(design.masterordering)} ({len(design.masterordering) // TRIALS_PER_SESSION} sessions)")
+    outside = np.setdiff1d(design.sharedix, row)
+    if outside.size:  # they could never appear in a trial, so the test split would silently lose them
+        raise NSDDataError(f"{design.path}: {outside.size} sharedix id(s) are not among {subject}'s images in "
+                           f"subjectim (first: {outside[:5].tolist()}, 1-based 73k ids); sharedix must list images "
+                           "that every subject saw")
     ids = row[design.masterordering[:n_trials] - 1] - 1
     if ids.min() < 0:
         raise NSDDataError(f"{design.path}: subjectim row of {subject} has zero entries used by its trials")
@@ -102,7 +107,15 @@ def read_stim_info(paths: NSDPaths, nsd_ids) -> dict[int, tuple[int, str]]:
         raise NSDDataError(f"{path}: missing column(s) {missing}; NSD's nsd_stim_info_merged.csv has "
                            f"{', '.join(STIM_INFO_COLUMNS)} (found {list(header)[:12]}...)")
     table = pd.read_csv(path, usecols=list(STIM_INFO_COLUMNS))
-    table = table.drop_duplicates("nsdId").set_index("nsdId")
+    table["data_row"] = np.arange(1, len(table) + 1)  # 1-based, after the header line
+    repeated = table["nsdId"].duplicated(keep=False)
+    if repeated.any():
+        first = table.loc[repeated, "nsdId"].iloc[0]
+        rows = table.loc[table["nsdId"] == first, "data_row"].tolist()
+        raise NSDDataError(f"{path}: nsdId {first} appears on {len(rows)} rows (data rows "
+                           f"{', '.join(map(str, rows[:5]))}); {int(table.loc[repeated, 'nsdId'].nunique())} nsdId(s) "
+                           "repeat. Each image needs exactly one row, or a row could take another image's COCO id")
+    table = table.set_index("nsdId")
     wanted = np.unique(np.asarray(list(nsd_ids), dtype=np.int64))
     absent = wanted[~np.isin(wanted, table.index.to_numpy())]
     if absent.size:
@@ -111,4 +124,11 @@ def read_stim_info(paths: NSDPaths, nsd_ids) -> dict[int, tuple[int, str]]:
     bad = sorted(set(sub["cocoSplit"]) - {"train2017", "val2017"})
     if bad:
         raise NSDDataError(f"{path}: cocoSplit must be train2017 or val2017, found {bad}")
+    coco = pd.to_numeric(sub["cocoId"], errors="coerce").to_numpy(dtype=np.float64)
+    invalid = ~np.isfinite(coco) | (coco != np.round(coco))
+    if invalid.any():
+        k = int(np.flatnonzero(invalid)[0])
+        raise NSDDataError(f"{path}: cocoId of nsdId {int(wanted[k])} (data row {int(sub['data_row'].iloc[k])}) is "
+                           f"not an integer: {sub['cocoId'].iloc[k]} ({int(invalid.sum())} such row(s) among the "
+                           "subject's images)")
     return {int(i): (int(c), str(s)) for i, c, s in zip(wanted, sub["cocoId"], sub["cocoSplit"])}

@@ -46,6 +46,22 @@ def subject_id(subject: str | int) -> str:
     return f"subj{int(m.group(1)):02d}"
 
 
+def subject_list(subjects, field: str = "subjects") -> list[str]:
+    """A config's subjects as normalised names: one name (``subjects: subj01`` in YAML) is a list of one, never a
+    list of its characters; unknown, missing or repeated names raise naming ``field``."""
+    if isinstance(subjects, (str, int)):
+        subjects = [subjects]
+    if not subjects:
+        raise ValueError(f"{field} is empty: name at least one subject, e.g. ['subj01']")
+    try:
+        names = [subject_id(s) for s in subjects]
+    except ValueError as e:
+        raise ValueError(f"{field}: {e}") from None
+    if len(set(names)) != len(names):
+        raise ValueError(f"{field} listed twice: {list(subjects)}")
+    return names
+
+
 def subject_index(subject: str | int) -> int:
     """1-based subject number (``"subj05"`` -> 5)."""
     return int(subject_id(subject)[4:])

@@ -6,9 +6,11 @@
 
 Conventions (README "NSD conventions"): test = the shared images (``sharedix``), repetitions averaged; train =
 every other image the subject saw, single trials (``average_train=True`` averages them); ``sessions=N`` uses
-the first N sessions; betas are nsdgeneral voxels (label > 0) in the C order of the (X, Y, Z) volume, divided
-by 300 (% signal change) and z-scored per voxel with training statistics (``zscore="train"``; "session" or
-"none" as options), which are saved beside the Arrow files (``voxel_stats``). File reading lives in the reader
+the first N sessions; betas are nsdgeneral voxels (label > 0) in the C order of the (X, Y, Z) volume, in % signal
+change (the stored dtype decides, as in NSD's own files: int16 betas hold % signal change x 300 and are divided
+by 300; float betas hold % signal change and are taken as they are; a non-finite value stops the build) and
+z-scored per voxel with training statistics (``zscore="train"``; "session" or "none" as options), which are saved
+beside the Arrow files (``voxel_stats``). File reading lives in the reader
 modules; everything is read and checked in ``_split_generators`` before any row is written, and a failed build
 leaves nothing in the cache (datasets writes to ``<dir>.incomplete`` and renames on success).
 """

@@ -3,7 +3,8 @@
 Pass 1 reads each session (hdf5 or nii.gz), keeps the nsdgeneral voxels and appends them to a scratch file
 in the stored dtype (int16 for NSD: 2 bytes x trials x voxels, 0.9 GB for a full subject), while gathering
 per-session statistics of the training trials. Rows are then read back with ``os.pread``, so neither the
-betas nor a memory map of them is ever resident: peak memory is one session.
+betas nor a memory map of them is ever resident: peak memory is one session. Stored values become % signal
+change by the stored dtype's rule (``betas.units_divisor``: int16 / 300, float as is).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import os
 import numpy as np
 from datasets.utils import tqdm as hf_tqdm
 
-from .betas import read_session, voxel_order
+from .betas import read_session, units_divisor, voxel_order
 from .design import TrialTable
-from .layout import BETAS_SCALE, TRIALS_PER_SESSION, NSDDataError
+from .layout import TRIALS_PER_SESSION, NSDDataError
 from .normalize import mean_std
 
 
@@ -35,12 +36,13 @@ class RawBetasSource:
                 block = read_session(session_files[s + 1], order)
                 if self.dtype is None:
                     self.dtype = block.dtype
+                    self.divisor = units_divisor(self.dtype)
                 elif block.dtype != self.dtype:
                     raise NSDDataError(f"{session_files[s + 1]}: betas are {block.dtype} but session 1 was {self.dtype}")
                 out.write(np.ascontiguousarray(block).tobytes())
                 if zscore == "session":
                     train = ~table.is_test[s * TRIALS_PER_SESSION:(s + 1) * TRIALS_PER_SESSION]
-                    pct = block[train].astype(np.float64) / BETAS_SCALE
+                    pct = block[train].astype(np.float64) / self.divisor
                     self.session_mean[s], self.session_std[s] = mean_std(pct.sum(0), (pct**2).sum(0), len(pct))
         self._row_bytes = self.n_vox * self.dtype.itemsize
         self._fd = os.open(scratch_path, os.O_RDONLY)
@@ -60,7 +62,7 @@ class RawBetasSource:
                 raise NSDDataError(f"{self.scratch_path}: scratch file ended early (disk full?)")
             out[i:j] = np.frombuffer(buf, self.dtype).reshape(j - i, self.n_vox)
             i = j
-        out /= BETAS_SCALE
+        out /= self.divisor
         if self.zscore == "session" and session_zscore:
             sess = trials // TRIALS_PER_SESSION
             out -= self.session_mean[sess]

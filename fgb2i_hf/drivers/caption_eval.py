@@ -50,6 +50,10 @@ class EvaluateCaptionsArguments:
     output_dir: str = field(default="caption_eval", metadata={"help": "Where the predictions and tables go."})
 
     def __post_init__(self):
+        if self.subjects is not None:
+            from ..data.layout import subject_list
+
+            self.subjects = subject_list(self.subjects)
         if self.references not in CAPTION_COLUMNS:
             raise ValueError(f"references must be one of {CAPTION_COLUMNS}, got {self.references!r}")
         if isinstance(self.metrics, str):
@@ -114,13 +118,16 @@ def evaluate_captions(args: EvaluateCaptionsArguments, data=None, model=None, to
     from ..data import NSDStimuli, load_nsd
     from ..models import BrainPrefixGPT2
     from ..data.rows import first_rows_per_subject
+    from ..core import loading_config_field
 
     if model is None:
         if not args.model_name_or_path:
             raise ValueError("model_name_or_path is required: a BrainPrefixGPT2 folder saved with its tokenizer")
-        model = BrainPrefixGPT2.from_pretrained(args.model_name_or_path)
+        with loading_config_field("model_name_or_path", args.model_name_or_path):
+            model = BrainPrefixGPT2.from_pretrained(args.model_name_or_path)
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+        with loading_config_field("model_name_or_path", args.model_name_or_path):
+            tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     subjects = list(args.subjects or model.config.voxel_counts)
     unknown = sorted(set(subjects) - set(model.config.voxel_counts))
     if unknown:
@@ -154,8 +161,9 @@ def evaluate_captions(args: EvaluateCaptionsArguments, data=None, model=None, to
     if args.clip_model or clip_scorer is not None:
         from ..clip import CLIPScorer
 
-        scorer = clip_scorer or CLIPScorer.from_pretrained(args.clip_model, pretrained=args.clip_pretrained,
-                                                           device=device)
+        with loading_config_field("clip_model", args.clip_model):
+            scorer = clip_scorer or CLIPScorer.from_pretrained(args.clip_model, pretrained=args.clip_pretrained,
+                                                               device=device)
         add_clip_scores(result, split, NSDStimuli(args.nsd_root), scorer, args.references)
     os.makedirs(args.output_dir, exist_ok=True)
     write_predictions(args.output_dir, split, result.predictions, result.control_predictions, args.references)

@@ -147,8 +147,11 @@ def build_captioner(config: EnhanceCaptionsConfig) -> ImageCaptioner:
 
         model, processor = tiny_llava(seed=config.seed)
         return ImageCaptioner(model, processor, model_id=TINY_RANDOM, revision=f"seed{config.seed}", **kwargs)
-    return ImageCaptioner.from_pretrained(config.model_name_or_path, revision=config.revision, device=config.device,
-                                          dtype=config.dtype, **kwargs)
+    from ..core import loading_config_field
+
+    with loading_config_field("model_name_or_path", config.model_name_or_path):
+        return ImageCaptioner.from_pretrained(config.model_name_or_path, revision=config.revision,
+                                              device=config.device, dtype=config.dtype, **kwargs)
 
 
 def enhance_nsd(config: EnhanceCaptionsConfig, captioner: ImageCaptioner | None = None) -> EnhanceSummary:
@@ -274,8 +277,11 @@ def audit_nsd(config: AuditCaptionsConfig, scorer=None) -> AuditOutcome:
             if scorer is None:
                 from ..clip import CLIPScorer
 
-                scorer = CLIPScorer.from_pretrained(config.clip_model, pretrained=config.clip_pretrained,
-                                                    device=config.device)
+                from ..core import loading_config_field
+
+                with loading_config_field("clip_model", config.clip_model):
+                    scorer = CLIPScorer.from_pretrained(config.clip_model, pretrained=config.clip_pretrained,
+                                                        device=config.device)
             clip_agreement(fine + coco_audits, scorer, stimuli, batch_size=config.clip_batch_size)
         flagged = flag_audits(fine, thresholds) if thresholds.any_set() else 0
         settings = {"captions": captions_path, "nsd_root": config.nsd_root, "truth": config.truth,

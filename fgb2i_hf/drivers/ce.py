@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -20,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core import atomic_write_json, resolve_pretrained, versions
+from ..core import atomic_write_json, loading_config_field, resolve_pretrained, versions
 from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
+from ..data.layout import subject_list
 from ..data.rows import first_rows_per_subject
 from ..evaluation import evaluate_with_control
 from ..models import BrainPrefixGPT2, BrainPrefixGPT2Config
@@ -114,12 +116,7 @@ class CEScriptArguments:
             self.eval_references = self.caption_column
         if self.eval_references not in CAPTION_COLUMNS:
             raise ValueError(f"eval_references must be one of {CAPTION_COLUMNS}, got {self.eval_references!r}")
-        if isinstance(self.subjects, str):
-            self.subjects = [self.subjects]
-        if not self.subjects:
-            raise ValueError("subjects is empty: name at least one subject, e.g. ['subj01']")
-        if len(set(self.subjects)) != len(self.subjects):
-            raise ValueError(f"subjects listed twice: {self.subjects}")
+        self.subjects = subject_list(self.subjects)
         for name in ("caption_eval_metrics", "final_eval_metrics"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -209,13 +206,15 @@ def build_model_and_tokenizer(args: CEScriptArguments, voxel_counts: dict[str, i
                   subject_hidden_size=args.subject_hidden_size, freeze_language_model=args.freeze_language_model,
                   max_caption_tokens=args.max_caption_tokens)
     if args.tokenizer_name_or_path:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.tokenizer_name_or_path))
+        with loading_config_field("tokenizer_name_or_path", args.tokenizer_name_or_path):
+            tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.tokenizer_name_or_path))
     elif args.language_model == SCRATCH:
         if not train_captions:
             raise ValueError("language_model='scratch' trains its tokenizer on the training captions; none were given")
         tokenizer = train_caption_tokenizer(train_captions, vocab_size=args.tokenizer_vocab_size)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.language_model))
+        with loading_config_field("language_model", args.language_model):
+            tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(args.language_model))
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos token; captions are trained as caption + eos")
 
@@ -227,7 +226,8 @@ def build_model_and_tokenizer(args: CEScriptArguments, voxel_counts: dict[str, i
         gpt2 = GPT2Config(**fields)
         model = BrainPrefixGPT2(BrainPrefixGPT2Config(voxel_counts=voxel_counts, gpt2_config=gpt2, **common))
     else:
-        model = BrainPrefixGPT2.from_language_model(args.language_model, voxel_counts=voxel_counts, **common)
+        with loading_config_field("language_model", args.language_model):
+            model = BrainPrefixGPT2.from_language_model(args.language_model, voxel_counts=voxel_counts, **common)
     gpt2 = model.config.gpt2_config
     if len(tokenizer) > gpt2.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the language model's vocabulary is "
@@ -250,8 +250,30 @@ def _write_json(path: str, obj) -> None:
     atomic_write_json(path, obj, default=str)
 
 
+def check_training_arguments(training_args) -> None:
+    """The numbers ``TrainingArguments`` accepts but training cannot use: checked before any data is read (the
+    optimiser would refuse a negative learning rate only after the data is built)."""
+    def number(name):
+        value = getattr(training_args, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        return value
+
+    if not number("learning_rate") > 0:
+        raise ValueError(f"learning_rate must be > 0, got {training_args.learning_rate!r}")
+    for name in ("weight_decay", "warmup_steps", "max_grad_norm"):
+        if number(name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(training_args, name)!r}")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if number(name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(training_args, name)!r}")
+    if training_args.max_steps <= 0 and not number("num_train_epochs") > 0:
+        raise ValueError(f"num_train_epochs must be > 0 (or max_steps > 0), got {training_args.num_train_epochs!r}")
+
+
 def configure_training_arguments(training_args) -> None:
-    """The settings this model needs whatever the config says (hf-gotchas §3)."""
+    """The settings this model needs whatever the config says (hf-gotchas §3), after checking the numbers."""
+    check_training_arguments(training_args)
     # the collator reads subject/captions/nsd_id, which are not forward() arguments
     training_args.remove_unused_columns = False
     # a batch rarely holds every subject: the absent subjects' layers get no gradient under DDP

@@ -78,7 +78,10 @@ def feature_models_for(config: EvaluateReconstructionsConfig):
     if clip.startswith("simnsd/") or os.path.isdir(clip):
         from ..clip import CLIPScorer
 
-        clip = CLIPScorer.from_pretrained(clip)
+        from ..core import loading_config_field
+
+        with loading_config_field("clip_model", clip):
+            clip = CLIPScorer.from_pretrained(clip)
     return load_feature_models(pretrained=True, clip=clip, swav_weights=config.swav_weights, device=device)
 
 

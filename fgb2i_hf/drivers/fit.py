@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core import TINY_RANDOM, atomic_write_json, atomic_write_text, versions
+from ..core import TINY_RANDOM, atomic_write_json, atomic_write_text, loading_config_field, versions
+from ..data.layout import subject_list
 from ..decoders.ridge import RidgeDecoder
 from ..decoders.targets import extract_targets
 from ..pipelines.bases import BaseSpec, get_base
@@ -82,8 +83,7 @@ class FitDecodersConfig:
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, json.loads(value) if value.strip() else None)
-        if isinstance(self.subjects, str):
-            self.subjects = [self.subjects]
+        self.subjects = subject_list(self.subjects)  # checked before any data is built
 
     @property
     def spec(self) -> BaseSpec:
@@ -118,7 +118,8 @@ def load_extractor(config: FitDecodersConfig, source: str = "backbone"):
     name = config.source_model(source)
     if name != TINY_RANDOM:
         kwargs["revision"] = config.revision
-    return spec_source.extractor(name, model_seed=config.seed, **kwargs)
+    with loading_config_field("model_name_or_path" if source == "backbone" else f"target_models.{source}", name):
+        return spec_source.extractor(name, model_seed=config.seed, **kwargs)
 
 
 def betas_matrix(dataset, block_rows: int = 1024) -> np.ndarray:

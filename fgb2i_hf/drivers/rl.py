@@ -13,6 +13,9 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from ..core import loading_config_field
+from ..data.collate import CAPTION_COLUMNS
+from ..data.layout import subject_list
 from ..rewards import RewardResources
 
 
@@ -35,13 +38,29 @@ class RLScriptArguments:
     eval_references: str = field(default="fine_captions", metadata={"help": "References of the caption metrics."})
     eval_max_rows: int | None = field(default=None, metadata={"help": "Score only the first N rows of the eval split."})
 
+    def __post_init__(self):
+        """Checked when parsed, before any data is built: `subjects: subj01` is one subject (not its characters)."""
+        self.subjects = subject_list(self.subjects)
+        for name in ("sessions", "max_train_rows", "eval_max_rows", "render_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        if self.eval_references not in CAPTION_COLUMNS:
+            raise ValueError(f"eval_references must be one of {CAPTION_COLUMNS}, got {self.eval_references!r}")
+
+
+def _load_clip(script_args: RLScriptArguments, device):
+    from ..clip import CLIPScorer
+
+    with loading_config_field("clip_model", script_args.clip_model):
+        return CLIPScorer.from_pretrained(script_args.clip_model, pretrained=script_args.clip_pretrained, device=device)
+
 
 def reward_resources(script_args: RLScriptArguments, device) -> RewardResources:
     """What this run can offer the rewards, each built only if a configured reward declares it needs it: the
     stimuli, the CLIP model and the text-to-image renderer (float16 on a GPU), all on ``device``."""
     import torch
 
-    from ..clip import CLIPScorer
     from ..data import NSDStimuli
     from ..rewards import TextToImageRenderer
 
@@ -50,8 +69,7 @@ def reward_resources(script_args: RLScriptArguments, device) -> RewardResources:
     return RewardResources(
         values={"device": device},
         stimuli=lambda: NSDStimuli(script_args.nsd_root),
-        clip=lambda: CLIPScorer.from_pretrained(script_args.clip_model, pretrained=script_args.clip_pretrained,
-                                                device=device),
+        clip=lambda: _load_clip(script_args, device),
         renderer=lambda: TextToImageRenderer(script_args.renderer, num_inference_steps=script_args.render_steps,
                                              device=device, dtype=dtype),
     )
@@ -59,6 +77,7 @@ def reward_resources(script_args: RLScriptArguments, device) -> RewardResources:
 
 def run_rl(script_args: RLScriptArguments, config) -> dict:
     """Stage 2 from a stage-1 checkpoint: train, save ``<output_dir>/final``, score the eval split."""
+    from accelerate import PartialState
     from accelerate.utils import gather_object
     from transformers import AutoTokenizer
 
@@ -76,14 +95,13 @@ def run_rl(script_args: RLScriptArguments, config) -> dict:
     train = data["train"]
     if script_args.max_train_rows:
         train = train.select(range(min(script_args.max_train_rows, len(train))))
-    model = BrainPrefixGPT2.from_pretrained(script_args.model_name_or_path)
+    with loading_config_field("model_name_or_path", script_args.model_name_or_path):
+        model = BrainPrefixGPT2.from_pretrained(script_args.model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
     missing = sorted(set(script_args.subjects) - set(model.config.voxel_counts))
     if missing:
         raise ValueError(f"the model {script_args.model_name_or_path} has no layer for {missing} "
                          f"(it knows {sorted(model.config.voxel_counts)}); add_subject() first")
-    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
-
-    from accelerate import PartialState
 
     resources = reward_resources(script_args, PartialState().device)
     trainer = ReinforceTrainer(model, tokenizer, config, train, reward_context=resources)

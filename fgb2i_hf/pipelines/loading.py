@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from ..core import TINY_RANDOM, resolve_pretrained
+from ..core import TINY_RANDOM, loading_config_field, resolve_pretrained
 from .bases import Backbone, BaseSpec, get_base
 
 
@@ -119,9 +119,10 @@ def load_brain_model(brain_model, caption_tokenizer=None, *, dtype: torch.dtype 
     if isinstance(brain_model, (str, os.PathLike)):
         from ..models import BrainPrefixGPT2
 
-        path = resolve_pretrained(str(brain_model))
-        caption_tokenizer = caption_tokenizer or AutoTokenizer.from_pretrained(path)
-        brain_model = BrainPrefixGPT2.from_pretrained(path, dtype=dtype).eval()
+        with loading_config_field("brain_model", brain_model):
+            path = resolve_pretrained(str(brain_model))
+            caption_tokenizer = caption_tokenizer or AutoTokenizer.from_pretrained(path)
+            brain_model = BrainPrefixGPT2.from_pretrained(path, dtype=dtype).eval()
     if isinstance(caption_tokenizer, (str, os.PathLike)):
         caption_tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(str(caption_tokenizer)))
     return brain_model, caption_tokenizer

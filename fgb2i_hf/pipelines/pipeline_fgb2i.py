@@ -27,6 +27,7 @@ index, imports the ``fgb2i_hf`` modules its components live in (never any other 
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -223,6 +224,15 @@ class FgB2IPipeline(DiffusionPipeline):
             raise ValueError(f"`w` must be a number in [0, 1] (0 = base method, 1 = text alone), got {w!r}")
         if fusion not in FUSION_MODES:
             raise ValueError(f"`fusion` must be one of {FUSION_MODES}, got {fusion!r}")
+
+    @staticmethod
+    def check_counts(num_inference_steps, num_images_per_prompt) -> None:
+        """Both must be positive ints: 0 steps or 0 images per prompt would fail deep inside the scheduler or the
+        UNet (ZeroDivisionError, a size mismatch), a float in ``range``."""
+        for name, value in (("num_inference_steps", num_inference_steps),
+                            ("num_images_per_prompt", num_images_per_prompt)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
 
     def decode_captions(self, betas: torch.Tensor, subject, generation_kwargs: dict | None = None) -> list[str]:
         """Fine-grained captions from the betas with ``brain_model.generate_captions`` (one per row)."""

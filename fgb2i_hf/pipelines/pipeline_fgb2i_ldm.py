@@ -142,6 +142,7 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         strength = self.setting("strength", strength)
         guidance_scale = self.setting("guidance_scale", guidance_scale)
         num_inference_steps = self.setting("num_inference_steps", num_inference_steps)
+        self.check_counts(num_inference_steps, num_images_per_prompt)
         device, dtype = self._execution_device, self.unet.dtype
         if betas is not None:
             betas, subject = prepare_betas(betas, subject)

@@ -297,6 +297,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         strength = base.strength if strength is None else strength
         guidance_scale = base.guidance_scale if guidance_scale is None else guidance_scale
         num_inference_steps = base.num_inference_steps if num_inference_steps is None else num_inference_steps
+        self.check_counts(num_inference_steps, num_images_per_prompt)
         if base.text_mix is None and text_mix is not None:
             raise ValueError(f"the {self.config.base} base has no text stream of its own: its text weight is `w`")
         base_mix = base.text_mix if text_mix is None else text_mix

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import numbers
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -135,6 +136,24 @@ def reward_name(fn: RewardFunction) -> str:
     return getattr(base, "__name__", type(base).__name__)
 
 
+def _as_floats(name: str, values) -> np.ndarray:
+    """A list, tuple, 1-D array or tensor of real numbers as float64. Anything else is refused rather than
+    converted: a dict would become its keys, a string its characters, ``"1"`` the number 1."""
+    if hasattr(values, "__array__") and not isinstance(values, (str, bytes)):  # numpy arrays, torch tensors
+        array = np.asarray(values)
+        if array.dtype.kind not in "biuf":
+            raise RewardError(f"reward {name!r} must return floats, got an array of dtype {array.dtype}")
+        if array.ndim != 1:
+            raise RewardError(f"reward {name!r} must return a 1-D list of floats, got shape {array.shape}")
+        return array.astype(np.float64)
+    if not isinstance(values, (list, tuple)):
+        raise RewardError(f"reward {name!r} must return a list of floats, got {type(values).__name__}")
+    for i, v in enumerate(values):
+        if not isinstance(v, (numbers.Real, np.number)) or isinstance(v, np.complexfloating):
+            raise RewardError(f"reward {name!r} must return floats, got {type(v).__name__} at position {i}: {v!r}")
+    return np.asarray(values, dtype=np.float64)
+
+
 def call_reward(name: str, fn: RewardFunction, completions: list[str], **columns: Any) -> np.ndarray:
     """Call one reward and check what it returns: one finite float per completion, else ``RewardError``
     naming the reward. Nothing is skipped silently."""
@@ -142,10 +161,7 @@ def call_reward(name: str, fn: RewardFunction, completions: list[str], **columns
         values = fn(completions=completions, **columns)
     except Exception as e:  # re-raised with the reward's name; the original is chained
         raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e}") from e
-    try:
-        values = np.asarray(list(values), dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise RewardError(f"reward {name!r} must return a list of floats, got {type(values).__name__}") from e
+    values = _as_floats(name, values)
     if values.shape != (len(completions),):
         raise RewardError(f"reward {name!r} returned {values.size} values for {len(completions)} completions")
     bad = ~np.isfinite(values)

@@ -26,7 +26,11 @@ Implementation notes:
   policy and the scored policy are the same distribution;
 * a checkpoint is ``accelerator.save_state`` plus ``trainer_state.json``, written to a temporary folder and
   renamed, so a kill never leaves a half checkpoint; resume restores model, optimiser, scheduler and RNG and
-  skips the batches already seen, so a resumed run ends with the parameters of an uninterrupted one.
+  skips the batches already seen, so a resumed run ends with the parameters of an uninterrupted one, also when
+  it crosses into later epochs (the data order is a function of (seed, epoch) only);
+* ``log.jsonl`` holds each logged step once: a resumed run first drops the records after its checkpoint's step.
+  A run that does not resume refuses an ``output_dir`` that already holds a run (its ``log.jsonl``, checkpoints
+  or final model), rather than appending to or mixing with it: resume it, or choose another folder.
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..data.collate import BrainCaptionCollator, check_captions
+from ..core.checkpoints import check_random_states, read_json_state, reading
+from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
 from ..rewards.registry import call_reward, get_reward
 
 BASELINES = ("none", "greedy", "leave_one_out")
 STATE_NAME = "trainer_state.json"
+LOG_NAME = "log.jsonl"
 
 
 @dataclass
@@ -93,9 +99,21 @@ class ReinforceConfig:
     report_to: list[str] = field(default_factory=list, metadata={"help": "accelerate trackers, e.g. ['tensorboard']."})
 
     def __post_init__(self):
+        """Every field is checked here, so a recipe stops at parsing, before any data is built or folder made."""
         if isinstance(self.reward_kwargs, str):
             self.reward_kwargs = json.loads(self.reward_kwargs) if self.reward_kwargs.strip() else None
         self.reward_kwargs = dict(self.reward_kwargs or {})
+        # a single value in YAML (`rewards: object_accuracy`) is a list of one, never a list of characters
+        for name in ("rewards", "reward_weights", "report_to"):
+            value = getattr(self, name)
+            if isinstance(value, (str, int, float)):
+                setattr(self, name, [value])
+        self.report_to = [r for r in self.report_to if str(r).lower() != "none"]
+        if not all(isinstance(r, str) and r for r in self.rewards):  # [] is allowed: the CE-only control run
+            raise ValueError(f"rewards must be a list of reward names, got {self.rewards!r}")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                   for w in self.reward_weights):
+            raise ValueError(f"reward_weights must be finite numbers, got {self.reward_weights!r}")
         if len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} "
                              f"rewards {self.rewards}")
@@ -108,6 +126,39 @@ class ReinforceConfig:
             raise ValueError("baseline='leave_one_out' needs num_samples >= 2")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        self._check_numbers()
+        if self.caption_column not in CAPTION_COLUMNS:
+            raise ValueError(f"caption_column must be one of {CAPTION_COLUMNS}, got {self.caption_column!r}")
+        from transformers import SchedulerType
+
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler_type not in schedulers:
+            raise ValueError(f"lr_scheduler_type must be one of {schedulers}, got {self.lr_scheduler_type!r}")
+
+    def _check_numbers(self) -> None:
+        def number(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            return value
+
+        for name in ("learning_rate", "num_train_epochs", "temperature"):
+            if not number(name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "ce_weight", "kl_coef", "max_grad_norm", "warmup_steps", "save_steps", "top_k"):
+            if number(name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_total_limit"):
+            if number(name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 < number("top_p") <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if number("max_steps") == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be a positive number of steps, or -1 (use num_train_epochs), "
+                             f"got {self.max_steps!r}")
+        if self.max_new_tokens is not None and number("max_new_tokens") < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (or None: the model's max_caption_tokens), "
+                             f"got {self.max_new_tokens!r}")
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -339,21 +390,47 @@ class ReinforceTrainer:
         return logs
 
     # -- loop ---------------------------------------------------------------------------------------------
+    def _set_epoch(self, epoch: int) -> None:
+        """Data order and caption choice of ``epoch``. accelerate's prepared loader calls ``set_epoch`` with its own
+        iteration counter whenever it is iterated (0 in a fresh process, so a resumed run would replay epoch 0's
+        order in epoch 1): the epoch goes to that loader, which passes it on to the sampler."""
+        if hasattr(self.dataloader, "set_epoch"):
+            self.dataloader.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.collator.epoch = epoch
+
+    def _previous_run(self) -> str | None:
+        """What in ``output_dir`` shows that a run was already written there (None if nothing)."""
+        out = self.config.output_dir
+        if os.path.exists(os.path.join(out, LOG_NAME)):
+            return LOG_NAME
+        if self.list_checkpoints():
+            return "checkpoints"
+        if os.path.isdir(os.path.join(out, "final")):
+            return "final"
+        return None
+
     def train(self) -> list[dict[str, float]]:
         cfg, acc = self.config, self.accelerator
+        if not cfg.resume_from_checkpoint:
+            found = self._previous_run()
+            if found:
+                raise FileExistsError(
+                    f"output_dir {cfg.output_dir} already holds a run ({found}); set resume_from_checkpoint='latest' "
+                    "to continue it, or choose another output_dir (a new run would append to its log)")
         if cfg.report_to:
             acc.init_trackers("fgb2i_rl", config={k: v for k, v in asdict(cfg).items()
                                                   if isinstance(v, (int, float, str, bool))})
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
+            self._truncate_log(self.global_step)
         batches_per_epoch = len(self.dataloader)
         start_epoch, skip = divmod(self.global_step * cfg.gradient_accumulation_steps, batches_per_epoch)
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="REINFORCE",
                    disable=not acc.is_local_main_process)
         epoch = start_epoch
         while self.global_step < self.total_steps:
-            self.sampler.set_epoch(epoch)
-            self.collator.epoch = epoch
+            self._set_epoch(epoch)  # before skip_first_batches, whose loader copies the prepared loader's epoch
             loader = acc.skip_first_batches(self.dataloader, skip) if skip else self.dataloader
             skip = 0
             window: list[dict[str, float]] = []
@@ -385,8 +462,31 @@ class ReinforceTrainer:
             self.accelerator.log(logs, step=self.global_step)
         if self.accelerator.is_main_process:
             os.makedirs(self.config.output_dir, exist_ok=True)
-            with open(os.path.join(self.config.output_dir, "log.jsonl"), "a") as f:
+            with open(os.path.join(self.config.output_dir, LOG_NAME), "a") as f:
                 f.write(json.dumps(logs) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Keep the records of steps <= ``step`` (those the checkpoint has seen): the steps a killed run logged
+        after its last checkpoint are trained and logged again by the resumed run."""
+        path = os.path.join(self.config.output_dir, LOG_NAME)
+        if self.accelerator.is_main_process and os.path.exists(path):
+            with open(path) as f:
+                lines = [line for line in f if line.strip()]
+            kept = []
+            for number, line in enumerate(lines, 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if number == len(lines):  # a record torn by the kill
+                        continue
+                    raise ValueError(f"{path}: line {number} is not JSON; cannot resume its log") from None
+                if record.get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)
+        self.accelerator.wait_for_everyone()
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def checkpoint_dir(self) -> str:
@@ -431,9 +531,12 @@ class ReinforceTrainer:
         state_file = os.path.join(path, STATE_NAME)
         if not os.path.exists(state_file):
             raise FileNotFoundError(f"{path} is not a complete checkpoint: {STATE_NAME} is missing")
-        self.accelerator.load_state(path)
-        with open(state_file) as f:
-            self.global_step = int(json.load(f)["global_step"])
+        state = read_json_state(state_file, "global_step")
+        # accelerate restores the random states only if it can, silently: a missing file is said, a damaged one named
+        check_random_states(os.path.join(path, f"random_states_{self.accelerator.process_index}.pkl"))
+        with reading(path, "checkpoint (model, optimiser, scheduler)"):
+            self.accelerator.load_state(path)
+        self.global_step = int(state["global_step"])
 
     def save_model(self, path: str | None = None) -> str:
         """The trained model (``save_pretrained``), its tokenizer and this config, on the main process."""

@@ -8,9 +8,10 @@ row trains on follows the epoch). The run around them — data, checks, model, f
 import importlib
 import warnings
 
+from ..core.checkpoints import CheckpointError
 from .ce import BrainCaptionTrainer, CaptionEpochCallback
 
-__all__ = ["BrainCaptionTrainer", "CaptionEpochCallback"]
+__all__ = ["BrainCaptionTrainer", "CaptionEpochCallback", "CheckpointError"]
 
 _MOVED_TO_DRIVERS = ("CONFIG_NAME", "FINAL_DIR", "SCRATCH", "CEScriptArguments", "build_model_and_tokenizer",
                      "final_evaluation", "load_ce_data", "prepare_ce_data", "run_ce",

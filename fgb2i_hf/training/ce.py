@@ -6,7 +6,9 @@
 * :class:`BrainCaptionTrainer` adds caption evaluation to ``Trainer``'s: at every evaluation it decodes the eval
   split (greedy by default) and logs caption metrics and object P/R/F1 beside the eval loss
   (``eval_BLEU-4``, ``eval_object_F1``...; usable as ``metric_for_best_model``). Its eval loss uses a collator of
-  its own, fixed at epoch 0, so the loss curve does not jump with the caption choice.
+  its own, fixed at epoch 0, so the loss curve does not jump with the caption choice. On resume, a damaged
+  checkpoint file (weights, ``trainer_state.json``, optimiser, RNG state) raises ``CheckpointError`` naming it;
+  a missing RNG state resumes with a warning that the run will not reproduce the uninterrupted one.
 The run around them (data, model, final evaluation, the Hub) is ``fgb2i_hf.drivers.ce.run_ce``.
 """
 
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 from transformers import Trainer, TrainerCallback
 
+from ..core.checkpoints import check_random_states, damaged_random_states, read_json_state, reading
 from ..data.collate import BrainCaptionCollator
 from ..evaluation import caption_report, decode_dataset
 
@@ -63,6 +67,43 @@ class BrainCaptionTrainer(Trainer):
         self.generation_kwargs = dict(generation_kwargs or {})
         self.decode_batch_size = decode_batch_size
         self.meteor = meteor
+
+    # -- resuming: every damaged file named, a missing RNG state said -------------------------------------------
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        checkpoint = resume_from_checkpoint
+        if isinstance(checkpoint, bool) and checkpoint:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        if isinstance(checkpoint, (str, os.PathLike)):
+            # without it Trainer would restart the schedule at step 0 on the checkpoint's weights
+            from transformers.trainer import TRAINER_STATE_NAME
+
+            read_json_state(os.path.join(checkpoint, TRAINER_STATE_NAME), "global_step")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from transformers.utils import SAFE_WEIGHTS_NAME
+
+        weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+        with reading(weights if os.path.isfile(weights) else resume_from_checkpoint, "model weights"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        with reading(checkpoint, "optimizer or scheduler state"):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_rng_state(self, checkpoint):
+        if checkpoint is None:
+            return None
+        name = f"rng_state_{self.args.process_index}.pth" if self.args.world_size > 1 else "rng_state.pth"
+        path = os.path.join(checkpoint, name)
+        if not check_random_states(path):  # missing: said (Trainer only logs it at info level)
+            return None
+        try:
+            return super()._load_rng_state(checkpoint)
+        except Exception as e:
+            raise damaged_random_states(path, e) from e
 
     def get_eval_dataloader(self, eval_dataset=None):
         if self.eval_collator is None:

@@ -213,11 +213,18 @@ class BrainPrefixGPT2(PreTrainedModel):
         unknown = sorted(set(subjects) - set(counts))
         if unknown:
             raise ValueError(f"unknown subject(s) {unknown}; this model knows {sorted(counts)} (add_subject adds one)")
+        # checked in the model's dtype: finite float64 betas beyond its range become inf in the cast
+        reference = self.mapper.prefix_const
+        given_finite = torch.isfinite(betas).all(dim=1)
+        betas = betas.to(reference.device, reference.dtype)
         finite = torch.isfinite(betas).all(dim=1)
         if not bool(finite.all()):
             rows = torch.nonzero(~finite).flatten().tolist()
             named = sorted({subjects[0] if isinstance(subject, str) else subjects[i] for i in rows})
-            raise ValueError(f"betas contain NaN or inf in rows {rows[:10]} (subject(s) {named})")
+            cast = "" if not bool(given_finite.cpu()[rows].all()) else (
+                f", after the cast to the model's dtype {reference.dtype} (largest finite value "
+                f"{torch.finfo(reference.dtype).max:.4g}): z-score the betas")
+            raise ValueError(f"betas contain NaN or inf in rows {rows[:10]} (subject(s) {named}){cast}")
         if isinstance(subject, str):
             if width != counts[subject]:
                 raise ValueError(f"betas for {subject} have {width} voxels per row, expected {counts[subject]}")
@@ -235,8 +242,7 @@ class BrainPrefixGPT2(PreTrainedModel):
                     f"row {i} ({subjects[i]}) has non-zero values after its {counts[subjects[i]]} voxels: a betas "
                     f"length that differs from the subject's voxel count, or padding that is not zeros"
                 )
-        reference = self.mapper.prefix_const
-        return betas.to(reference.device, reference.dtype), subject if isinstance(subject, str) else subjects
+        return betas, subject if isinstance(subject, str) else subjects
 
     def _project_subjects(self, betas: torch.Tensor, subject: str | list[str]) -> torch.Tensor:
         """(B, V) -> (B, width): one matmul per subject present, rows put back in their order."""
@@ -263,7 +269,13 @@ class BrainPrefixGPT2(PreTrainedModel):
         z = self._project_subjects(betas, subject)
         if self.shared_proj is not None:
             z = self.shared_proj(z)
-        return self.mapper(z.view(z.shape[0], self.config.prefix_length, self.config.hidden_size))
+        prefix = self.mapper(z.view(z.shape[0], self.config.prefix_length, self.config.hidden_size))
+        finite = torch.isfinite(prefix).flatten(1).all(dim=1)
+        if not bool(finite.all()):  # else GPT-2 reads NaN, its argmax is token 0 (eos) and captions come out empty
+            rows = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(f"the GPT-2 prefix of rows {rows[:10]} is not finite in the model's dtype {prefix.dtype}: "
+                             "the betas overflow it; z-score the betas, or run the model in float32")
+        return prefix
 
     def _prefix(self, betas, subject, prefix_embeds) -> torch.Tensor:
         if prefix_embeds is not None:

@@ -9,7 +9,7 @@
 
 Each component is written to a scratch folder beside ``<output_dir>/<component>``, its weights optionally
 rewritten in float16, a ``world_training.json`` record added (configs, seed, data, metrics, time, size, library
-versions), and the folder swapped in whole. ``output_dir`` defaults to the package's ``fgb2i_hf/world``, where
+versions), and the folder swapped in whole. ``output_dir`` defaults to the package's ``fgb2i_hf/simnsd/world``, where
 ``simnsd/<component>`` finds it.
 """
 
@@ -45,7 +45,7 @@ class TrainWorldConfig:
         "help": "Components to (re)train: clip gpt2 diffusion ldm_base. Others are left as they are; a "
                 "component's dependency (diffusion needs clip, ldm_base needs diffusion) is read from output_dir."})
     output_dir: str | None = field(default=None, metadata={
-        "help": "Where the component folders go (default: the package's fgb2i_hf/world, i.e. simnsd/<name>)."})
+        "help": "Where the component folders go (default: the package's fgb2i_hf/simnsd/world, i.e. simnsd/<name>)."})
     work_dir: str = field(default="world_work", metadata={
         "help": "Scratch space: the simulated SimNSD, dataset cache, ridge targets, sample grid."})
     nsd_root: str | None = field(default=None, metadata={
