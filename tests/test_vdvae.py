@@ -16,6 +16,16 @@ TINY = dict(image_size=16, width=8, zdim=2, enc_blocks="16x1,16d2,8x1,8d2,4x1,4d
             dec_blocks="1x1,4m1,4x1,8m4,16m8,16x1", custom_width_str="4:12,1:12", num_mixtures=3, num_target_layers=3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small convolutions: one thread beat two on the shared 2-core CPU (a training step of the trainer test's model,
+    0.74 s vs 19 s under load), so this module runs on one and restores the setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -220,18 +230,21 @@ def test_shipped_vdvae_is_small_float16_and_recorded(shipped):
 
 
 def test_shipped_vdvae_reconstructs_held_out_images_better_than_the_mean_image(shipped, simnsd_images):
-    test, mean_image = simnsd_images["test"], simnsd_images["train"].mean(0, keepdim=True)
+    """On the first 50 test images (ratios to the mean-image MSE, measured: 0.30 and 0.60; the second is 0.595-0.598
+    over generator seeds 0-5; on all 100 test images 0.31 and 0.61, world_training.json)."""
+    test, mean_image = simnsd_images["test"][:50], simnsd_images["train"].mean(0, keepdim=True)
     baseline = ((mean_image - test) ** 2).mean()
     recon = shipped.reconstruct(test, generator=gen(0))  # every layer's posterior mean, output mean
     assert ((recon - test) ** 2).mean() < 0.5 * baseline
     # Brain-Diffuser's decode: the first k layers, the rest from the prior at temperature 1, output sampled
     k = shipped.config.num_target_layers
     decoded = shipped.decode(shipped.encode(test, num_layers=k), generator=gen(0))
-    assert ((decoded - test) ** 2).mean() < 1.0 * baseline
+    assert ((decoded - test) ** 2).mean() < 0.8 * baseline
 
 
 # -- the trainer -----------------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
 def test_trainer_runs_and_skips_updates_over_the_threshold(simnsd_images):
     from fgb2i_hf.world.data import WorldData, WorldImages
     from fgb2i_hf.world.vdvae import VDVAETrainingConfig, train_vdvae
@@ -240,20 +253,20 @@ def test_trainer_runs_and_skips_updates_over_the_threshold(simnsd_images):
         u8 = (x * 255).round().byte().permute(0, 2, 3, 1).numpy()
         return WorldImages(np.arange(len(u8)), u8, [[]] * len(u8), [[]] * len(u8))
 
-    data = WorldData("simnsd", split(simnsd_images["train"][:16]), split(simnsd_images["test"][:4]))
+    data = WorldData("simnsd", split(simnsd_images["train"][:8]), split(simnsd_images["test"][:2]))
     small = dict(vdvae_width=8, vdvae_custom_width_str="16:16,8:16,4:16,1:16", vdvae_zdim=2,
                  vdvae_enc_blocks="64d2,32d2,16d2,8d2,4d4,1x1", vdvae_dec_blocks="1x1,4m1,8m4,16m8,32m16,64m32",
-                 vdvae_num_target_layers=4, vdvae_batch_size=4, vdvae_warmup_steps=1, vdvae_steps=3)
+                 vdvae_num_target_layers=4, vdvae_batch_size=4, vdvae_warmup_steps=1, vdvae_steps=2)
     model, record = train_vdvae(VDVAETrainingConfig(**small), data, seed=0, progress=False)
-    assert record["steps"] == 3 and record["skipped_updates"] == 0 and np.isfinite(record["final_loss"])
+    assert record["steps"] == 2 and record["skipped_updates"] == 0 and np.isfinite(record["final_loss"])
     assert record["target_size"] == 2 + 32 + 128 + 512 and model.config.num_target_layers == 4
     test = record["metrics"]["test"]
     assert set(test) >= {"all_layers", "first_k_output_mean", "first_k_output_sample", "mean_image"}
-    assert test["n"] == 4 and test["mean_image"]["mse"] > 0
+    assert test["n"] == 2 and test["mean_image"]["mse"] > 0
     # every update skipped: the EMA model is still the initialisation
     frozen, record = train_vdvae(VDVAETrainingConfig(**{**small, "vdvae_skip_threshold": 1e-9}), data, seed=0,
                                  progress=False)
-    assert record["skipped_updates"] == 3
+    assert record["skipped_updates"] == 2
     torch.manual_seed(0)
     init = VDVAETrainingConfig(**small).model(frozen.config.pixel_mean, frozen.config.pixel_std)
     assert all(torch.equal(a, b) for a, b in zip(frozen.parameters(), init.parameters()))

@@ -21,6 +21,16 @@ SMALL = dict(image_size=16, width=8, zdim=3, custom_width_str="4:12,1:12",
              bottleneck_multiple=0.5, no_bias_above=8, num_mixtures=2, num_target_layers=3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small convolutions: one thread beat two on the shared 2-core CPU (a training step of the trainer test's model,
+    0.74 s vs 19 s under load), so this module runs on one and restores the setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def released_shapes(hps) -> dict[str, tuple]:
     """The released model's state-dict names and shapes: VAE(encoder=Encoder, decoder=Decoder)."""
     widths = {int(k): int(v) for k, v in (e.split(":") for e in hps["custom_width_str"].split(",") if e)}

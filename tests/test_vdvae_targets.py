@@ -13,6 +13,16 @@ from fgb2i_hf.decoders.vdvae_targets import BRAIN_DIFFUSER_VDVAE_ALPHA, VDVAETar
 from fgb2i_hf.models.vdvae import VDVAEModel
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small convolutions: one thread beat two on the shared 2-core CPU (a training step of the trainer test's model,
+    0.74 s vs 19 s under load), so this module runs on one and restores the setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def vdvae():
     return VDVAEModel.from_pretrained("simnsd/vdvae").eval()
@@ -85,12 +95,15 @@ def column_r(pred, truth):
 
 @pytest.fixture(scope="module")
 def subj01(simnsd_root, nsd_cache_dir, vdvae):
-    """subj01's betas (train: single trials, test: averaged) and the VDVAE targets of their images."""
+    """subj01's betas (train: the single trials of 500 of its 650 train images; test: the 100 test images,
+    averaged) and the VDVAE targets of their images."""
     from fgb2i_hf.data import NSDStimuli, load_nsd
 
     rows = load_nsd(simnsd_root, subjects=["subj01"], cache_dir=nsd_cache_dir)
-    betas = {s: np.asarray(rows[s]["betas"], np.float32) for s in ("train", "test")}
     ids = {s: np.asarray(rows[s]["nsd_id"]) for s in ("train", "test")}
+    keep = {"train": np.isin(ids["train"], np.unique(ids["train"])[:500]), "test": np.ones(len(ids["test"]), bool)}
+    betas = {s: np.asarray(rows[s]["betas"], np.float32)[keep[s]] for s in ("train", "test")}
+    ids = {s: ids[s][keep[s]] for s in ("train", "test")}
     distinct = np.unique(np.concatenate(list(ids.values())))
     extractor = VDVAETargetExtractor(vdvae, device="cpu")  # Brain-Diffuser's posterior samples
     latents = extractor.extract("vdvae", images=NSDStimuli(simnsd_root), ids=distinct, batch_size=100,
@@ -101,17 +114,24 @@ def subj01(simnsd_root, nsd_cache_dir, vdvae):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])  # passes on each of seeds 0-9 (tried)
-def test_latent_ridge_beats_the_shuffled_brain_control(subj01, seed):
-    """Fit on a random 80% of the train trials (seed), predict the 100 test images; the control is the same
-    decoder applied to the betas of other test images (a seeded permutation)."""
+def test_latent_ridge_beats_the_shuffled_brain_control(subj01, vdvae, seed):
+    """Brain-Diffuser's ridge (one alpha, 5e4; its rescaling of the test predictions), fitted on a random 80 % of
+    subj01's train trials (seed), predicts the 100 test images' latents; the control is the same decoder applied
+    to the betas of other test images (a seeded permutation).
+
+    Measured (seeds 0-9): mean column r over all 18,312 target values 0.049 (control -0.002..0.004); over the
+    layers up to 8 px (1,928 values) 0.20 (control -0.014..0.019). Most values are in the 16 and 32 px layers,
+    which the SimNSD VDVAE barely uses (their latents are mostly prior noise), hence the low overall figure.
+    """
     betas, targets = subj01
     rng = np.random.default_rng(seed)
     fit_rows = rng.permutation(len(betas["train"]))[: int(0.8 * len(betas["train"]))]
     decoder = RidgeDecoder(num_voxels=betas["train"].shape[1], target_shape=targets["train"].shape[1:],
-                           alphas=[1e2, 1e3, 1e4, BRAIN_DIFFUSER_VDVAE_ALPHA], alpha_per_target=False)
+                           alphas=[BRAIN_DIFFUSER_VDVAE_ALPHA])
     decoder.fit(betas["train"][fit_rows], targets["train"][fit_rows], progress=False)
-    # Brain-Diffuser's rescaling of the test predictions (column statistics of the split)
     predicted = decoder.predict(betas["test"], rescale=True).numpy()
     shuffled = decoder.predict(betas["test"][rng.permutation(len(betas["test"]))], rescale=True).numpy()
-    real, control = column_r(predicted, targets["test"]), column_r(shuffled, targets["test"])
-    assert real > control + 0.1, (real, control)
+    truth = targets["test"]
+    assert column_r(predicted, truth) > column_r(shuffled, truth) + 0.02
+    low = vdvae.arch.latent_size(sum(res <= 8 for _, res, _ in vdvae.latent_shapes()))  # the layers up to 8 px
+    assert column_r(predicted[:, :low], truth[:, :low]) > column_r(shuffled[:, :low], truth[:, :low]) + 0.1

@@ -156,3 +156,22 @@ def train_vdvae(config: VDVAETrainingConfig, data, seed: int = 0, device: str = 
                           "train_first_100": reconstruction_metrics(ema, images[:100], mean_image, seed=seed)}}
     record["eval_seconds"] = round(time.time() - start - train_seconds, 1)
     return ema, record
+
+
+@torch.no_grad()
+def reconstruction_figure(model, images: np.ndarray, path: str, seed: int = 0, scale: int = 2) -> str:
+    """A PNG of rows: ground truth | all layers (output mean) | the first k layers, rest from the prior (output
+    sampled, as Brain-Diffuser) | the same, output mean | unconditional samples (output mean)."""
+    from PIL import Image
+
+    x = to_unit(images)
+    k = model.config.num_target_layers
+    generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+    rows = [x, model.reconstruct(x),
+            model.decode(model.encode(x, num_layers=k), generator=generator()),
+            model.decode(model.encode(x, num_layers=k), generator=generator(), output="mean"),
+            model.sample(len(x), generator=generator(), output="mean")]
+    grid = torch.cat([torch.cat(list(row), 2) for row in rows], 1).permute(1, 2, 0).numpy()
+    image = Image.fromarray((grid * 255).round().astype(np.uint8))
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+    return path
