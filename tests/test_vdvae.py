@@ -192,6 +192,22 @@ def test_save_and_load_round_trip(tiny, images, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.encode(images), latents))
 
 
+def test_a_pipeline_holds_it_as_a_component(tiny, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    class LowLevelPipeline(DiffusionPipeline):
+        def __init__(self, vdvae):
+            super().__init__()
+            self.register_modules(vdvae=vdvae)
+
+    LowLevelPipeline(tiny).save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["vdvae"] == ["fgb2i_hf.models.vdvae.modeling_vdvae", "VDVAEModel"]
+    loaded = LowLevelPipeline.from_pretrained(str(tmp_path)).vdvae
+    assert isinstance(loaded, VDVAEModel)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), tiny.parameters()))  # float32 copies
+
+
 # -- the shipped SimNSD VDVAE ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
