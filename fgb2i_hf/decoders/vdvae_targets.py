@@ -1,6 +1,6 @@
 """Brain-Diffuser's low-level target: the VDVAE latents of the first k layers, flattened (``"vdvae"``).
 
-Brain-Diffuser (Ozcelik & VanRullen 2023, sec. 2.3; ozcelikfu/brain-diffuser) regresses fMRI onto the latents of
+Brain-Diffuser (Ozcelik & VanRullen 2023; ozcelikfu/brain-diffuser) regresses fMRI onto the latents of
 the first 31 layers of the released ImageNet-64 VDVAE and decodes its predictions into the init image of its
 second stage. What its scripts do, and where:
 

@@ -98,7 +98,8 @@ def reconstruction_metrics(model, images: np.ndarray, mean_image: np.ndarray, se
     out["mean_image"] = {"mse": float(((baseline - gt) ** 2).mean()), "pixcorr": pixcorr(gt, baseline)}
     generator = torch.Generator().manual_seed(seed)
     for i in range(0, len(gt), batch_size):
-        losses.append(float(model(gt[i:i + batch_size].to(device), generator=generator).loss) * len(gt[i:i + batch_size]))
+        batch = gt[i:i + batch_size]
+        losses.append(float(model(batch.to(device), generator=generator).loss) * len(batch))
     out["elbo_nats_per_dim"] = sum(losses) / len(gt)
     out["num_layers"], out["first_k"], out["n"] = model.num_layers, k, len(gt)
     return out

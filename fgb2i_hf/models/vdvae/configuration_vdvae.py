@@ -117,7 +117,8 @@ class VDVAEArchitecture:
         seen = set()
         for block_res, mixin in self.dec:
             if block_res not in encoded:
-                raise ValueError(f"dec_blocks: no encoder activations at {block_res} px (encoder has {sorted(encoded)})")
+                raise ValueError(f"dec_blocks: no encoder activations at {block_res} px "
+                                 f"(encoder has {sorted(encoded)})")
             if mixin is not None and (mixin not in seen or block_res % mixin):
                 raise ValueError(f"dec_blocks: '{block_res}m{mixin}' needs an earlier {mixin} px block that "
                                  f"divides {block_res}")

@@ -1,7 +1,7 @@
 """VDVAE's output distribution: a discretised mixture of logistics over 8-bit RGB (PixelCNN++).
 
 Salimans et al. (2017), "PixelCNN++: Improving the PixelCNN with Discretized Logistic Mixture Likelihood and Other
-Modifications" (arXiv 1701.05517), sec. 2.1-2.2, the output layer VDVAE uses (Child 2021, sec. 3). Per pixel, M
+Modifications" (arXiv 1701.05517), the output layer VDVAE uses (Child 2021). Per pixel, M
 mixture components; each has a mean and a log-scale per channel and three coefficients that make the green mean
 depend linearly on the red value and the blue mean on red and green. Values live in [-1, 1]; the 256 levels are
 bins of width 2/255, the two end bins extend to -inf and +inf.

@@ -1,8 +1,8 @@
 """VDVAE: a very deep hierarchical VAE (Child 2021, arXiv 2011.10650), as a diffusers ``ModelMixin``.
 
-Reimplemented from the paper (sec. 3, fig. 2-3) and the released hyperparameters, so that the released ImageNet-64
+Reimplemented from the paper's description and the released hyperparameters, so that the released ImageNet-64
 checkpoint converts onto it (``convert_vdvae.py``); Brain-Diffuser (Ozcelik & VanRullen 2023, "Natural scene
-reconstruction from fMRI signals using generative latent diffusion", sec. 2.3) uses that model for its low-level
+reconstruction from fMRI signals using generative latent diffusion") uses that model for its low-level
 stage.
 
     images (N, 3, S, S) in [0, 1] --(x * 255 - pixel_mean) / pixel_std--> encoder: bottom-up residual blocks,
@@ -83,7 +83,7 @@ def _normal(shape, generator, like: torch.Tensor) -> torch.Tensor:
 
 class BottleneckBlock(nn.Module):
     """GELU -> 1x1 (in -> mid) -> GELU -> 3x3 -> GELU -> 3x3 -> GELU -> 1x1 (mid -> out); the two middle convs are
-    1x1 when ``spatial`` is False. Optionally residual (in == out) and followed by ``pool`` x ``pool`` average pooling."""
+    1x1 when ``spatial`` is False. Optionally residual (in == out), then ``pool`` x ``pool`` average pooling."""
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, *, residual: bool, spatial: bool,
                  pool: int | None = None):
@@ -187,7 +187,6 @@ class VDVAEModel(ModelMixin, ConfigMixin):
     """
 
     config_name = "config.json"
-    _supports_gradient_checkpointing = False
 
     @register_to_config
     def __init__(self, image_size: int = 64, image_channels: int = 3, width: int = 512, zdim: int = 16,
@@ -208,7 +207,7 @@ class VDVAEModel(ModelMixin, ConfigMixin):
         self._init_weights()
 
     def _init_weights(self):
-        """VDVAE's initialisation (Child 2021, sec. 3.2): zero biases; the last conv of each residual block, and each
+        """VDVAE's initialisation (Child 2021): zero biases; the last conv of each residual block, and each
         latent projection, scaled by 1 / sqrt(number of blocks of its network); the prior's last conv zero, so an
         untrained prior is N(0, 1) and adds nothing to the state."""
         with torch.no_grad():
@@ -286,7 +285,9 @@ class VDVAEModel(ModelMixin, ConfigMixin):
             kl = None
             if activations is not None:
                 mean, log_std = block.posterior_params(x, activations[res])
-                z = mean if latent_sampling == "mean" else mean + torch.exp(log_std) * _normal(mean.shape, generator, mean)
+                z = mean
+                if latent_sampling == "sample":
+                    z = mean + torch.exp(log_std) * _normal(mean.shape, generator, mean)
                 kl = _gaussian_kl(mean, log_std, prior_mean, prior_log_std).flatten(1).sum(1)
             elif i < len(latents):
                 z = latents[i].to(ref.device, ref.dtype)
