@@ -1,11 +1,11 @@
-"""Train the shipped SimNSD world (simnsd/clip, simnsd/gpt2, simnsd/diffusion, simnsd/ldm_base) from scratch.
+"""Train the shipped SimNSD world (simnsd/clip, gpt2, diffusion, ldm_base, vdvae) from scratch.
 
     python recipes/train_world.py --config recipes/configs/world_simnsd.yaml
     python recipes/train_world.py --config recipes/configs/world_simnsd.yaml --components diffusion ldm_base
     python recipes/train_world.py --config recipes/configs/world_simnsd.yaml --output_dir /tmp/world --unet_steps 100
 
 Every field of ``TrainWorldConfig`` and of the component configs (``clip_*``, ``gpt2_*``, ``vae_*``, ``unet_*``,
-``ldm_*``; see ``fgb2i_hf/simnsd/world/``) can be set in the YAML or on the command line (the command line wins).
+``ldm_*``, ``vdvae_*``; see ``fgb2i_hf/simnsd/world/``) can be set in the YAML or on the command line (the command line wins).
 Simulates the tiny SimNSD (seed 0) in ``work_dir``, trains the selected components, and writes each to
 ``<output_dir>/<component>/`` (default: the package's ``fgb2i_hf/simnsd/world``) with a ``world_training.json`` record.
 On a shared CPU, ``OMP_WAIT_POLICY=PASSIVE`` keeps torch's two threads from spinning against other processes.
@@ -19,9 +19,10 @@ from fgb2i_hf.simnsd.world.gpt2 import GPT2TrainingConfig
 from fgb2i_hf.simnsd.world.ldm_base import LDMBaseConfig
 from fgb2i_hf.simnsd.world.train import TrainWorldConfig, train_world
 from fgb2i_hf.simnsd.world.vae import VAETrainingConfig
+from fgb2i_hf.simnsd.world.vdvae import VDVAETrainingConfig
 
 CONFIGS = (TrainWorldConfig, CLIPTrainingConfig, GPT2TrainingConfig, VAETrainingConfig, UNetTrainingConfig,
-           LDMBaseConfig)
+           LDMBaseConfig, VDVAETrainingConfig)
 
 
 def summary_lines(records: dict) -> list[str]:
@@ -44,6 +45,9 @@ def summary_lines(records: dict) -> list[str]:
             for subject, targets in metrics.items():
                 lines.append(f"  {subject}: " + ", ".join(f"{t} test r {v['test_column_r']:.3f}"
                                                           for t, v in targets.items()))
+        elif component == "vdvae":
+            lines.append("  " + ", ".join(f"{name} MSE {metrics[name]['mse']:.4f} PixCorr {metrics[name]['pixcorr']:.3f}"
+                                          for name in ("all_layers", "first_k_output_sample", "mean_image")))
     return lines
 
 

@@ -22,6 +22,9 @@ TINY_GPT2 = dict(gpt2_vocab_size=300, gpt2_n_embd=32, gpt2_n_layer=1, gpt2_n_hea
 TINY_VAE = dict(vae_block_out_channels=[8, 16, 16], vae_norm_num_groups=4, vae_batch_size=8, vae_warmup_steps=2)
 TINY_UNET = dict(unet_block_out_channels=[16, 32], unet_attention_levels=[1], unet_attention_heads=2,
                  unet_norm_num_groups=4, unet_batch_size=8, unet_warmup_steps=2)
+TINY_VDVAE = dict(vdvae_width=8, vdvae_custom_width_str="16:16,8:16,4:16,1:16", vdvae_zdim=2,
+                  vdvae_enc_blocks="64d2,32d2,16d2,8d2,4d4,1x1", vdvae_dec_blocks="1x1,4m1,8m4,16m8,32m16,64m32",
+                  vdvae_num_target_layers=4, vdvae_batch_size=4, vdvae_warmup_steps=1, vdvae_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +138,7 @@ def test_background_classifier_reads_simnsd_backgrounds(world_data):
 
 
 def test_train_world_recipe_end_to_end(simnsd_root, nsd_cache_dir, tmp_path):
-    """recipes/train_world.py with tiny sizes: all four components written with their records."""
+    """recipes/train_world.py with tiny sizes: all five components written with their records."""
     import importlib.util
 
     from fgb2i_hf.decoders import RidgeDecoder
@@ -153,10 +156,10 @@ def test_train_world_recipe_end_to_end(simnsd_root, nsd_cache_dir, tmp_path):
             "--progress", "false", "--clip_epochs", "1", "--gpt2_epochs", "1", "--vae_steps", "3",
             "--vae_full_image_steps", "1", "--unet_steps", "3", "--ldm_subjects", "subj01",
             "--ldm_max_train_rows", "80", "--ldm_alphas", "1.0", "100.0", "10000.0"]
-    for key, value in {**TINY_CLIP, **TINY_GPT2, **TINY_VAE, **TINY_UNET}.items():
+    for key, value in {**TINY_CLIP, **TINY_GPT2, **TINY_VAE, **TINY_UNET, **TINY_VDVAE}.items():
         argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
     records = recipe.main(argv)
-    assert set(records) == {"clip", "gpt2", "diffusion", "ldm_base"}
+    assert set(records) == {"clip", "gpt2", "diffusion", "ldm_base", "vdvae"}
     for name in records:
         record = read_record(str(out / name))
         assert record["component"] == f"simnsd/{name}" and record["storage_dtype"] == "float16"
@@ -173,6 +176,9 @@ def test_train_world_recipe_end_to_end(simnsd_root, nsd_cache_dir, tmp_path):
     assert c.target_shape == (40, 16)
     assert (out / "ldm_base" / "metrics.json").exists() and not (out / "ldm_base" / "targets").exists()
     assert (tmp_path / "work" / "diffusion_samples.png").exists()
+    from fgb2i_hf.models.vdvae import VDVAEModel
+
+    assert VDVAEModel.from_pretrained(str(out / "vdvae")).config.num_target_layers == 4
     # a second run of one component replaces only that folder
     before = read_record(str(out / "gpt2"))
     recipe.main(argv + ["--components", "clip"])

@@ -5,7 +5,8 @@
 * ``clip``      — ``CLIPScorer`` folder;
 * ``gpt2``      — ``GPT2LMHeadModel`` + tokenizer folder;
 * ``diffusion`` — VAE, then the UNet on the ``clip`` text tower converted to ``CLIPTextModel`` (needs ``clip``);
-* ``ldm_base``  — ridge decoders onto the ``diffusion`` VAE latents and text states (needs ``diffusion``).
+* ``ldm_base``  — ridge decoders onto the ``diffusion`` VAE latents and text states (needs ``diffusion``);
+* ``vdvae``     — ``VDVAEModel`` folder, Brain-Diffuser's low-level model.
 
 Each component is written to a scratch folder beside ``<output_dir>/<component>``, its weights optionally
 rewritten in float16, a ``world_training.json`` record added (configs, seed, data, metrics, time, size, library
@@ -32,8 +33,9 @@ from .io import compact_clip_tokenizer, folder_bytes, halve_safetensors, publish
 from .ldm_base import LDMBaseConfig, fit_ldm_base
 from .text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer
 from .vae import VAETrainingConfig, train_vae
+from .vdvae import VDVAETrainingConfig, train_vdvae
 
-COMPONENTS = ("clip", "gpt2", "diffusion", "ldm_base")
+COMPONENTS = ("clip", "gpt2", "diffusion", "ldm_base", "vdvae")
 DEPENDENCIES = {"diffusion": "clip", "ldm_base": "diffusion"}
 
 
@@ -42,7 +44,7 @@ class TrainWorldConfig:
     """What to train, on which SimNSD, where to write it."""
 
     components: list[str] = field(default_factory=lambda: list(COMPONENTS), metadata={
-        "help": "Components to (re)train: clip gpt2 diffusion ldm_base. Others are left as they are; a "
+        "help": "Components to (re)train: clip gpt2 diffusion ldm_base vdvae. Others are left as they are; a "
                 "component's dependency (diffusion needs clip, ldm_base needs diffusion) is read from output_dir."})
     output_dir: str | None = field(default=None, metadata={
         "help": "Where the component folders go (default: the package's fgb2i_hf/simnsd/world, i.e. simnsd/<name>)."})
@@ -100,10 +102,12 @@ def _finish(scratch: str, final: str, record: dict, config: TrainWorldConfig, da
 
 def train_world(config: TrainWorldConfig, clip: CLIPTrainingConfig | None = None,
                 gpt2: GPT2TrainingConfig | None = None, vae: VAETrainingConfig | None = None,
-                unet: UNetTrainingConfig | None = None, ldm_base: LDMBaseConfig | None = None) -> dict:
+                unet: UNetTrainingConfig | None = None, ldm_base: LDMBaseConfig | None = None,
+                vdvae: VDVAETrainingConfig | None = None) -> dict:
     """Train the selected components; returns ``{component: record}`` (metrics, seconds, bytes)."""
     clip, gpt2 = clip or CLIPTrainingConfig(), gpt2 or GPT2TrainingConfig()
     vae, unet, ldm_base = vae or VAETrainingConfig(), unet or UNetTrainingConfig(), ldm_base or LDMBaseConfig()
+    vdvae = vdvae or VDVAETrainingConfig()
     output_dir = os.path.abspath(config.output_dir or world_dir())
     _check(config, output_dir)
     if config.num_threads:
@@ -139,6 +143,12 @@ def train_world(config: TrainWorldConfig, clip: CLIPTrainingConfig | None = None
         record = fit_ldm_base(ldm_base, nsd_root, diffusion_model, scratch, config.work_dir, seed=config.seed,
                               device=device, progress=progress, cache_dir=cache_dir)
         records["ldm_base"] = _finish(scratch, final, record, config, data, ldm_base)
+
+    if "vdvae" in config.components:
+        model, record = train_vdvae(vdvae, data, seed=config.seed, device=device, progress=progress)
+        scratch = scratch_folder(os.path.join(output_dir, "vdvae"))
+        model.to("cpu").save_pretrained(scratch)
+        records["vdvae"] = _finish(scratch, os.path.join(output_dir, "vdvae"), record, config, data, vdvae)
     return records
 
 
