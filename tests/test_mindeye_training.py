@@ -128,3 +128,29 @@ def test_sampler_visits_each_image_once_per_epoch():
     assert sampler.order(0) != sampler.order(1) and sampler.order(2) == ImageEpochSampler(groups, 1).order(2)
     every = ImageEpochSampler(groups, seed=1, repeats="all_trials")
     assert len(every) == 40 and sorted(every.order(0)) == list(range(40))
+
+
+def test_recipe_configs_parse_and_the_nsd_config_is_mindeye1():
+    from dataclasses import fields
+
+    from trl import TrlParser
+
+    from fgb2i_hf.drivers.mindeye import MindEyeRunConfig
+
+    configs = os.path.join(os.path.dirname(__file__), "..", "recipes", "configs")
+    (nsd,) = TrlParser((MindEyeRunConfig,)).parse_args_and_config(
+        ["--config", os.path.join(configs, "mindeye_nsd.yaml"), "--num_train_epochs", "3"])
+    assert nsd.num_train_epochs == 3  # the command line wins
+    defaults = MindEyeTrainingConfig()
+    paper = ("per_device_train_batch_size", "max_lr", "lr_scheduler_type", "final_div_factor", "weight_decay",
+             "mixup_pct", "bimixco_temperature", "softclip_temperature_start", "softclip_temperature_end",
+             "mixco_beta", "mixco_select_prob", "prior_loss_weight", "repeats", "max_grad_norm", "seed")
+    for name in paper:  # the YAML restates MindEye1's values, which are the config defaults
+        assert getattr(nsd, name) == getattr(defaults, name), name
+    assert {f.name for f in fields(MindEyeTrainingConfig)} >= set(paper)
+    assert nsd.model_config == {} and (nsd.clip_image_size, nsd.latent_image_size, nsd.sessions) == (224, 512, 37)
+    (sim,) = TrlParser((MindEyeRunConfig,)).parse_args_and_config(
+        ["--config", os.path.join(configs, "mindeye_sim_tiny.yaml"), "--model_config", '{"hidden_size": 64}'])
+    assert sim.target_model_name_or_path == "simnsd/clip" and sim.model_config == {"hidden_size": 64}
+    with pytest.raises(ValueError, match=r"model_config sets \['clip_dim'\]"):
+        MindEyeRunConfig(model_config={"clip_dim": 8})
