@@ -78,22 +78,28 @@ def time_steps(full: bool, steps: int, batch: int) -> dict:
             "peak_rss_mb_after": peak_rss_mb()}
 
 
+def _count(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn().sum().backward()
+    return int(counter.get_total_flops())
+
+
 def paper_flops(batch: int) -> dict:
-    """Forward + backward FLOPs of the paper-size model, counted on the meta device."""
+    """Forward + backward FLOPs of the paper-size model, counted on the meta device: the whole step, and each part
+    alone on a leaf input (FlopCounterMode's per-module split is unreliable across backward passes)."""
     with torch.device("meta"):
         model = MindEyeModel(MindEyeConfig(voxel_counts={"subj01": VOXELS})).train()
         betas, clip = torch.randn(batch, VOXELS), torch.randn(batch, 257, 768)
         latents = torch.randn(batch, 4, 64, 64)
-    parts = {}
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step_loss(model, betas, clip, latents, full=True).backward()
-    total = counter.get_total_flops()
-    by_module = counter.get_flop_counts()
-    for name in ("backbone", "projector", "prior.network", "low_level"):  # the prior runs through .loss, not forward
-        parts[name.split(".")[0]] = int(sum(by_module.get(f"MindEyeModel.{name}", {}).values()))
+        tokens = torch.randn(batch, 257, 768, requires_grad=True)
+    total = _count(lambda: step_loss(model, betas, clip, latents, full=True))
+    parts = {"backbone": _count(lambda: model.backbone(betas, "subj01")),
+             "projector": _count(lambda: model.projector(tokens)),
+             "prior": _count(lambda: model.prior.loss(tokens, clip)[0]),
+             "low_level": _count(lambda: model.low_level(betas, "subj01"))}
     params = sum(p.numel() for p in model.parameters())
-    return {"flops_per_step": int(total), "by_part": parts, "parameters": int(params)}
+    return {"flops_per_step": total, "by_part": parts, "parameters": int(params)}
 
 
 def main(argv=None):
