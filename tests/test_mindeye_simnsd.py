@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fgb2i_hf.drivers.mindeye import (MindEyeRunConfig, build_model, cached_targets, evaluate_mindeye, run_mindeye,
-                                      split_arrays)
+from fgb2i_hf.drivers.mindeye import MindEyeRunConfig, build_model, cached_targets, run_mindeye, split_arrays
 from fgb2i_hf.models.mindeye.retrieval import retrieval_accuracy
 from fgb2i_hf.training.mindeye_trainer import MindEyeTrainData, MindEyeTrainer
 

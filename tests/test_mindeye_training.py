@@ -16,6 +16,15 @@ from fgb2i_hf.training.mindeye_trainer import (ImageEpochSampler, MindEyeTrainDa
 IMAGES, TRIALS, VOXELS = 20, 2, 12
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster than two, and two spin on a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def synthetic_data() -> MindEyeTrainData:
     """20 images x 2 trials; column 0 of each row's betas is its row number (to read the order back)."""
     rng = np.random.default_rng(0)

@@ -29,7 +29,6 @@ each logged step once (a resume drops lines written after its checkpoint).
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shutil
