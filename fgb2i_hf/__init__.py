@@ -7,9 +7,12 @@ import importlib
 from transformers import AutoConfig, AutoModel
 
 from .models import BrainPrefixGPT2, BrainPrefixGPT2Config
+from .models.mindeye import MindEyeConfig, MindEyeModel
 
 AutoConfig.register(BrainPrefixGPT2Config.model_type, BrainPrefixGPT2Config, exist_ok=True)
 AutoModel.register(BrainPrefixGPT2Config, BrainPrefixGPT2, exist_ok=True)
+AutoConfig.register(MindEyeConfig.model_type, MindEyeConfig, exist_ok=True)
+AutoModel.register(MindEyeConfig, MindEyeModel, exist_ok=True)
 
 _SUBMODULES = ("captions", "clip", "core", "data", "decoders", "drivers", "evaluation", "metrics", "models",
                "pipelines", "rewards", "rl", "simnsd", "testing", "tiny", "tokenization", "training", "visualization")

@@ -11,6 +11,7 @@
 | reconstructions | :mod:`.reconstruct` (``reconstruct``) | ``reconstruct.py`` |
 | image metrics | :mod:`.evaluate_reconstructions` | ``evaluate_reconstructions.py`` |
 | base vs FgB2I table | :mod:`.compare` (``compare_bases``) | ``compare_bases.py`` |
+| MindEye | :mod:`.mindeye` (``run_mindeye``) | ``train_mindeye.py`` |
 
 Drivers sit above the methods (training, rl, pipelines) and below SimNSD: they import nothing of
 :mod:`fgb2i_hf.simnsd`. Modules are imported on demand (``fgb2i_hf.drivers.ce``), so one run loads only its own.

@@ -1,6 +1,6 @@
 """``simnsd/ldm_base``: Takagi & Nishimoto's ridge base for the SimNSD subjects, in the world's latent spaces.
 
-Per subject, ``fgb2i_hf.decoders.fit_decoders`` (the code ``recipes/fit_decoders.py`` runs) fits a
+Per subject, ``fgb2i_hf.drivers.fit.fit_decoders`` (the code ``recipes/fit_decoders.py`` runs) fits a
 ``RidgeDecoder`` from single-trial betas to
 
 * ``z`` — the ``simnsd/diffusion`` VAE latent of the stimulus (posterior sample x ``scaling_factor``, 4 x 16 x 16),
