@@ -91,7 +91,7 @@ def test_reconstruct_needs_mindeye_inputs_and_known_ids(mindeye_run, simnsd_data
     config, _, ids = mindeye_run
     from dataclasses import replace
 
-    with pytest.raises(ValueError, match="needs `mindeye_inputs`"):
+    with pytest.raises(ValueError, match="needs its CLIP-image embeddings"):
         reconstruct(replace(config, mindeye_inputs=None, output_dir=str(tmp_path / "a")),
                     dataset=simnsd_dataset["test"], stimuli=stimuli, progress=False)
     partial = str(tmp_path / "partial.safetensors")

@@ -178,7 +178,7 @@ def _train(data, out, monkeypatch=None, stop=None, resume=None, epoch_callback=T
         training={"num_train_epochs": 3, "per_device_train_batch_size": 8, "train_sampling_strategy": "sequential",
                   "save_strategy": "steps", "save_steps": 4, "resume_from_checkpoint": resume})
     if not epoch_callback:
-        monkeypatch.setattr("fgb2i_hf.training.ce.CaptionEpochCallback", NoEpochUpdates)
+        monkeypatch.setattr("fgb2i_hf.drivers.ce.CaptionEpochCallback", NoEpochUpdates)
     run_ce(script_args, training_args, data=data, callbacks=[StopAt(stop)] if stop else None)
     if not epoch_callback:
         monkeypatch.undo()

@@ -56,28 +56,27 @@ def _load_clip(script_args: RLScriptArguments, device):
         return CLIPScorer.from_pretrained(script_args.clip_model, pretrained=script_args.clip_pretrained, device=device)
 
 
-def reward_resources(script_args: RLScriptArguments, device) -> RewardResources:
+def reward_resources(script_args: RLScriptArguments) -> RewardResources:
     """What this run can offer the rewards, each built only if a configured reward declares it needs it: the
-    stimuli, the CLIP model and the text-to-image renderer (float16 on a GPU), all on ``device``."""
+    stimuli, the CLIP model and the text-to-image renderer (float16 on a GPU), all on the trainer's ``device``."""
     import torch
 
     from ..data import NSDStimuli
     from ..rewards import TextToImageRenderer
 
-    device = torch.device(device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32  # half precision only where it is fast
-    return RewardResources(
-        values={"device": device},
-        stimuli=lambda: NSDStimuli(script_args.nsd_root),
-        clip=lambda: _load_clip(script_args, device),
-        renderer=lambda: TextToImageRenderer(script_args.renderer, num_inference_steps=script_args.render_steps,
-                                             device=device, dtype=dtype),
-    )
+    def renderer(resources):
+        device = torch.device(resources.get("device"))
+        dtype = torch.float16 if device.type == "cuda" else torch.float32  # half precision only where it is fast
+        return TextToImageRenderer(script_args.renderer, num_inference_steps=script_args.render_steps,
+                                   device=device, dtype=dtype)
+
+    return RewardResources(stimuli=lambda resources: NSDStimuli(script_args.nsd_root),
+                           clip=lambda resources: _load_clip(script_args, resources.get("device")),
+                           renderer=renderer)
 
 
 def run_rl(script_args: RLScriptArguments, config) -> dict:
     """Stage 2 from a stage-1 checkpoint: train, save ``<output_dir>/final``, score the eval split."""
-    from accelerate import PartialState
     from accelerate.utils import gather_object
     from transformers import AutoTokenizer
 
@@ -103,7 +102,7 @@ def run_rl(script_args: RLScriptArguments, config) -> dict:
         raise ValueError(f"the model {script_args.model_name_or_path} has no layer for {missing} "
                          f"(it knows {sorted(model.config.voxel_counts)}); add_subject() first")
 
-    resources = reward_resources(script_args, PartialState().device)
+    resources = reward_resources(script_args)
     trainer = ReinforceTrainer(model, tokenizer, config, train, reward_context=resources)
     trainer.train()
     final = trainer.save_model()

@@ -147,9 +147,10 @@ def build_pipeline(base: str | BaseSpec, diffusion_model: str | None = None, *, 
     from .pipeline_fgb2i import pipeline_class
 
     spec = base if isinstance(base, BaseSpec) else get_base(base)
-    components = load_backbone(diffusion_model or spec.backbone.default_model, spec.backbone,
-                               scheduler=scheduler or spec.scheduler, encoders_from=encoders_from, dtype=dtype,
-                               seed=seed)
+    diffusion_model = diffusion_model or spec.backbone.default_model
+    with loading_config_field("diffusion_model", diffusion_model):
+        components = load_backbone(diffusion_model, spec.backbone, scheduler=scheduler or spec.scheduler,
+                                   encoders_from=encoders_from, dtype=dtype, seed=seed)
     brain_model, caption_tokenizer = load_brain_model(brain_model, caption_tokenizer, dtype=dtype, seed=seed,
                                                       voxel_counts=voxel_counts)
     loaded = {}

@@ -70,13 +70,14 @@ def _import_attribute(spec: str):
 
 
 class RewardResources:
-    """Resources offered to rewards: ``{name: zero-argument factory}``, each built once, on first use.
+    """Resources offered to rewards: ``{name: factory}``, each built once, on first use.
 
-    ``RewardResources(clip=lambda: CLIPScorer.from_pretrained(...), stimuli=lambda: NSDStimuli(root))``;
-    ``values`` are given ready-made (``RewardResources(values={"device": "cuda"})``).
+    A factory takes this object, so it can use other resources (``device``):
+    ``RewardResources(clip=lambda r: CLIPScorer.from_pretrained(..., device=r.get("device")))``; ``values`` are
+    given ready-made (``RewardResources(values={"device": "cuda"})``).
     """
 
-    def __init__(self, values: dict[str, Any] | None = None, **factories: Callable[[], Any]):
+    def __init__(self, values: dict[str, Any] | None = None, **factories: Callable[["RewardResources"], Any]):
         self._factories = dict(factories)
         self._built: dict[str, Any] = dict(values or {})
 
@@ -86,11 +87,16 @@ class RewardResources:
     def names(self) -> list[str]:
         return sorted(set(self._built) | set(self._factories))
 
+    def setdefault(self, name: str, value) -> None:
+        """Offer ``value`` as ``name`` unless something is offered under that name already."""
+        if name not in self:
+            self._built[name] = value
+
     def get(self, name: str):
         if name not in self._built:
             if name not in self._factories:
                 raise KeyError(name)
-            self._built[name] = self._factories[name]()
+            self._built[name] = self._factories[name](self)
         return self._built[name]
 
 

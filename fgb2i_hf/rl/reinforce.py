@@ -286,9 +286,7 @@ class ReinforceTrainer:
 
         if isinstance(resources, dict):
             resources = RewardResources(values=resources)
-        if "device" not in resources:
-            resources = RewardResources(values={"device": self.accelerator.device},
-                                        **{n: (lambda n=n: resources.get(n)) for n in resources.names()})
+        resources.setdefault("device", self.accelerator.device)
         return [get_reward(name, resources=resources, **self.config.reward_kwargs.get(name, {}))
                 for name in self.config.rewards]
 
