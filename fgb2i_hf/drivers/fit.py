@@ -104,10 +104,42 @@ class FitDecodersConfig:
         if source == "backbone":
             return self.model_name_or_path or spec.target_sources[source].default_model or spec.backbone.default_model
         name = (self.target_models or {}).get(source) or spec.target_sources[source].default_model
+        if name is None and self.model_name_or_path == TINY_RANDOM:
+            name = TINY_RANDOM  # a mechanics run: every source random and tiny
         if name is None:
             raise ValueError(f"the {self.base} base's {source!r} targets need their models: set target_models: "
                              f"{{{source}: <name or folder>}}")
         return name
+
+
+CONFIG_NAME = "fit_decoders.yaml"
+
+
+def saved_source_folder(output_dir: str, source: str) -> str:
+    """Where ``fit_decoders`` saves the tiny random models of a target source (so a pipeline can load them)."""
+    return os.path.join(output_dir, "target_models" if source == "backbone" else f"target_models_{source}")
+
+
+def recorded_target_models(decoders_dir: str) -> dict[str, str]:
+    """``{source: model}`` the decoders in ``decoders_dir`` were fitted with (read from its ``fit_decoders.yaml``;
+    tiny random models as the folder they were saved to): what a pipeline must encode and decode with."""
+    import yaml
+
+    path = os.path.join(decoders_dir, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no record of the decoders' fit (run recipes/fit_decoders.py)")
+    with open(path, encoding="utf-8") as f:
+        record = yaml.safe_load(f)
+    record.pop("_versions", None)
+    config = FitDecodersConfig(**{k: v for k, v in record.items() if k in FitDecodersConfig.__dataclass_fields__})
+    models = {}
+    for source in config.spec.target_sources:
+        try:
+            name = config.source_model(source)
+        except ValueError:  # a source this fit did not use
+            continue
+        models[source] = saved_source_folder(decoders_dir, source) if name == TINY_RANDOM else name
+    return models
 
 
 def load_extractor(config: FitDecodersConfig, source: str = "backbone"):
@@ -194,8 +226,7 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
     for source in dict.fromkeys(spec.target(name).source for name in targets):
         extractor = load_extractor(config, source)
         if extractor.name_or_path == TINY_RANDOM:
-            folder = "target_models" if source == "backbone" else f"target_models_{source}"
-            extractor.save_pretrained(os.path.join(config.output_dir, folder))
+            extractor.save_pretrained(saved_source_folder(config.output_dir, source))
         for name in (n for n in targets if spec.target(n).source == source):
             cache[name] = extract_targets(
                 extractor, name, os.path.join(config.output_dir, "targets", f"{name}.npy"), ids=image_ids,
@@ -253,7 +284,7 @@ def _save_config(config: FitDecodersConfig):
     import yaml
 
     record = dataclasses.asdict(config) | {"_versions": versions()}
-    atomic_write_text(os.path.join(config.output_dir, "fit_decoders.yaml"), yaml.safe_dump(record, sort_keys=False))
+    atomic_write_text(os.path.join(config.output_dir, CONFIG_NAME), yaml.safe_dump(record, sort_keys=False))
 
 
 def _write_json(path, value):

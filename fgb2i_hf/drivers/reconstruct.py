@@ -4,6 +4,8 @@ For every image of the split (one subject; each nsd_id once) it writes, under ``
 
 * ``fgb2i/<nsd_id>.png`` — the FgB2I reconstruction at weight ``w`` (extra samples ``<nsd_id>_<k>.png``);
 * ``base/<nsd_id>.png`` — the base method (``w = 0``) from the same noise, when ``run_base``;
+* ``low_level/<nsd_id>.png`` — the low-level image the img2img started from (Brain-Diffuser's VDVAE decode,
+  MindEye's blurry image), when the base has one;
 * ``captions.jsonl`` — ``{"nsd_id", "caption"}``, the decoded captions;
 * ``grid.png`` — GT | base | FgB2I for the first ``grid_rows`` images, captions under GT and FgB2I;
 * ``reconstruct.yaml`` — this run's settings and package versions.
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..core import append_jsonl, atomic_write_text, save_png_atomic, versions
 from ..pipelines import build_pipeline, get_base
+from .fit import recorded_target_models
 
 
 @dataclass
@@ -56,7 +59,11 @@ class ReconstructConfig:
         "help": "Brain-Diffuser's post-hoc rescaling of the ridge predictions over the whole split "
                 "(default: yes for brain_diffuser, no for ldm)."})
     low_level_dir: str | None = field(default=None, metadata={
-        "help": "Brain-Diffuser: folder of low-level reconstructions <nsd_id>.png (e.g. VDVAE) to start from."})
+        "help": "Folder of low-level images <nsd_id>.png to start from instead of the base's own low-level stage."})
+    components: dict | None = field(default=None, metadata={
+        "help": "The base's own trained models, {name: folder, Hub id or 'tiny-random'} (JSON on the CLI): MindEye's "
+                "mindeye_model; Brain-Diffuser's vdvae (default: the VDVAE its decoders were fitted with)."})
+    best_of_n: int = field(default=1, metadata={"help": "MindEye's best-of-N (its paper: 16; 1 = off)."})
     mindeye_inputs: str | None = field(default=None, metadata={
         "help": "MindEye: .safetensors/.pt with nsd_ids, clip_image_embeds, blurry_images (MindEyeInputs)."})
     w: float = field(default=0.5, metadata={"help": "Fusion weight: 0 = the base method, 1 = text alone."})
@@ -78,6 +85,20 @@ class ReconstructConfig:
     grid_rows: int = field(default=8, metadata={"help": "Rows of grid.png."})
     caption_column: str = field(default="fine_captions", metadata={
         "help": "Column whose first entry is printed under GT in the grid (falls back to captions)."})
+
+    def __post_init__(self):
+        if isinstance(self.components, str):
+            self.components = json.loads(self.components) if self.components.strip() else None
+        if isinstance(self.best_of_n, bool) or not isinstance(self.best_of_n, int) or self.best_of_n < 1:
+            raise ValueError(f"best_of_n must be a positive int (1 = off), got {self.best_of_n!r}")
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """Float (N, 3, H, W) in [0, 1] -> PIL images."""
+    import PIL.Image
+
+    arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return [PIL.Image.fromarray(a) for a in arrays]
 
 
 def image_generator(seed: int, nsd_id: int, sample: int = 0) -> torch.Generator:
@@ -140,14 +161,34 @@ def _decoders(config: ReconstructConfig) -> dict:
     return found
 
 
+def recorded_models(config: ReconstructConfig) -> tuple[str | None, dict]:
+    """``(encoders_from, components)``: the configured ones, completed from what the decoders were fitted with
+    (``<decoders_dir>/fit_decoders.yaml``): the saved tiny target models as encoders, and each component the base
+    takes from a target source (Brain-Diffuser's VDVAE)."""
+    components = dict(config.components or {})
+    encoders_from = config.encoders_from
+    if config.decoders_dir is None:
+        return encoders_from, components
+    recorded = recorded_target_models(config.decoders_dir)
+    for name, component in get_base(config.base).components.items():
+        if name not in components and component.source in recorded:
+            components[name] = recorded[component.source]
+    backbone = recorded.get("backbone")
+    if encoders_from is None and backbone and os.path.isdir(backbone) and backbone.startswith(config.decoders_dir):
+        encoders_from = backbone  # the saved tiny random target models
+    return encoders_from, components
+
+
 def pipeline_for(config: ReconstructConfig, num_voxels: int | None = None):
-    """The configured pipeline; ``num_voxels`` (the subject's) sizes a ``brain_model: tiny-random``."""
+    """The configured pipeline; ``num_voxels`` (the subject's) sizes ``tiny-random`` brain and MindEye models."""
     dtype = getattr(torch, config.dtype)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     voxel_counts = {config.subject: num_voxels} if num_voxels else None
+    encoders_from, components = recorded_models(config)
     return build_pipeline(config.base, config.diffusion_model, brain_model=config.brain_model,
-                          decoders=_decoders(config), scheduler=config.scheduler, encoders_from=config.encoders_from,
-                          dtype=dtype, device=device, seed=config.seed, voxel_counts=voxel_counts)
+                          decoders=_decoders(config), scheduler=config.scheduler, encoders_from=encoders_from,
+                          dtype=dtype, device=device, seed=config.seed, voxel_counts=voxel_counts,
+                          components=components)
 
 
 def _base_features(pipe, config: ReconstructConfig, betas: torch.Tensor) -> dict:
@@ -218,6 +259,8 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
         generation["max_new_tokens"] = config.max_new_tokens
     call = dict(num_images_per_prompt=config.num_images_per_prompt, output_type="pil",
                 caption_generation_kwargs=generation)
+    if config.best_of_n != 1:
+        call["best_of_n"] = config.best_of_n
     for key in ("num_inference_steps", "guidance_scale", "strength"):
         if getattr(config, key) is not None:
             call[key] = getattr(config, key)
@@ -245,6 +288,10 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
                 i, s = ids[j // config.num_images_per_prompt], j % config.num_images_per_prompt
                 name = f"{i}.png" if s == 0 else f"{i}_{s}.png"
                 save_png(image, os.path.join(config.output_dir, folder, name))
+            if folder == "fgb2i" and getattr(out, "init_images", None) is not None:  # the base's low-level images
+                os.makedirs(os.path.join(config.output_dir, "low_level"), exist_ok=True)
+                for i, image in zip(ids, to_pil(out.init_images)):
+                    save_png(image, os.path.join(config.output_dir, "low_level", f"{i}.png"))
             if folder == "fgb2i" and out.captions is not None:
                 append_jsonl(captions_path, [{"nsd_id": i, "caption": c} for i, c in zip(ids, out.captions)])
                 captions.update(zip(ids, out.captions))

@@ -66,6 +66,8 @@ class FgB2IPipelineOutput(BaseOutput):
         w: the fusion weight.
         fusion: ``"average"`` or ``"guidance"``.
         text_mix: Versatile Diffusion only: the text weight of the dual attention that was used.
+        init_images: the low-level images the img2img started from (B, 3, h, w) in [0, 1], at their own size
+            (Brain-Diffuser's VDVAE images, MindEye's blurry images, or the ones passed in); ``None`` from noise.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -76,6 +78,7 @@ class FgB2IPipelineOutput(BaseOutput):
     w: float | None = None
     fusion: str | None = None
     text_mix: float | None = None
+    init_images: torch.Tensor | None = None
 
 
 # -- fusion rules (pure functions, tested on their own) -------------------------------------------------
