@@ -13,12 +13,13 @@ import importlib
 import warnings
 
 from ..core.tensors import betas_tensor
+from .contract import ContractError, DataContract
 from .layout import NSDDataError, NSDMissingFileError, NSDPaths, subject_id
 from .normalize import VoxelStats, voxel_stats
-from .nsd import NSD, NSDConfig, load_nsd
+from .nsd import NSD, NSDConfig, data_contract, load_nsd
 from .stimuli import NSDStimuli
 
-__all__ = ["NSD", "NSDConfig", "NSDDataError", "NSDMissingFileError", "NSDPaths", "NSDStimuli", "VoxelStats",
+__all__ = ["ContractError", "DataContract", "NSD", "NSDConfig", "data_contract", "NSDDataError", "NSDMissingFileError", "NSDPaths", "NSDStimuli", "VoxelStats",
            "betas_tensor", "load_nsd", "subject_id", "voxel_stats"]
 
 _MOVED_TO_SIMNSD = ("SimNSDConfig", "load_scenes", "load_simnsd_config", "noiseless_response", "scene_features_of",

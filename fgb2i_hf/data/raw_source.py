@@ -47,6 +47,12 @@ class RawBetasSource:
         self._row_bytes = self.n_vox * self.dtype.itemsize
         self._fd = os.open(scratch_path, os.O_RDONLY)
 
+    def hold_out(self, is_held_out) -> None:
+        """Move the training rows whose image ``is_held_out(nsd_id)`` to a ``validation`` split."""
+        train = self.rows["train"]
+        self.rows["validation"] = [r for r in train if is_held_out(r[0])]
+        self.rows["train"] = [r for r in train if not is_held_out(r[0])]
+
     def read_trials(self, trials: np.ndarray, session_zscore: bool = True) -> np.ndarray:
         """Betas of sorted, distinct trial indices in % signal change, float32 (n, V); runs are read at once.
         With ``zscore="session"`` (and ``session_zscore``) each trial is z-scored by its session's statistics."""
