@@ -255,6 +255,17 @@ class FgB2IPipeline(DiffusionPipeline):
         return list(captions)
 
     @staticmethod
+    def check_base_betas(base_betas, betas, subject) -> torch.Tensor:
+        """``base_betas`` as a tensor with as many rows (and columns) as ``betas``."""
+        if betas is None:
+            raise ValueError("`base_betas` go with `betas` (the same rows, normalised as the base's models were fit)")
+        base_betas, _ = prepare_betas(base_betas, subject)
+        if tuple(base_betas.shape) != tuple(betas.shape):
+            raise ValueError(f"`base_betas` must have the shape of `betas` {tuple(betas.shape)}, got "
+                             f"{tuple(base_betas.shape)}")
+        return base_betas
+
+    @staticmethod
     def check_captions(captions, batch_size: int) -> list[str]:
         if isinstance(captions, str):
             captions = [captions]

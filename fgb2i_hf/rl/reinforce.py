@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from accelerate.utils import gather_object
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
@@ -441,6 +442,9 @@ class ReinforceTrainer:
                 bar.update(1)
                 if self.global_step % cfg.logging_steps == 0 or self.global_step == self.total_steps:
                     logs = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
+                    if acc.num_processes > 1:  # every process's samples, not rank 0's shard alone
+                        shards = gather_object([logs])
+                        logs = {k: float(np.mean([shard[k] for shard in shards if k in shard])) for k in logs}
                     logs.update(step=self.global_step, epoch=epoch)
                     self._log(logs)
                     window = []
