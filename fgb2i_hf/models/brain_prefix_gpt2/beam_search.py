@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import GenerationConfig
+from transformers.pytorch_utils import Conv1D
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
 
 # Fields of a resolved GenerationConfig that this beam search implements; any other field that differs from
@@ -125,28 +127,50 @@ class BeamKVCache:
             self.history[t, start : self.length] = self.history[s, start : self.length]
 
 
-def _activation(gpt2, block):
-    if gpt2.config.activation_function in TANH_GELUS:
-        return lambda x: F.gelu(x, approximate="tanh")
-    return block.mlp.act
+def _linear(module: nn.Module, rows: int, pack: bool):
+    """``module`` as a callable; with ``pack``, a plain float32 CPU ``Conv1D``/``nn.Linear`` runs through oneDNN with
+    its weight packed once (``torch.ops.mkldnn``, what ``torch.compile`` uses for CPU linears). Anything else (a LoRA
+    wrapper, another device or dtype) runs as the module itself."""
+    weight = getattr(module, "weight", None)
+    if not (pack and type(module) in (Conv1D, nn.Linear) and weight.device.type == "cpu" and weight.dtype == torch.float32):
+        return module
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous() if type(module) is Conv1D else weight, rows)
+    bias = module.bias
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-def _blocks(gpt2, hidden: torch.Tensor, attend) -> torch.Tensor:
-    """GPT-2's blocks and final LayerNorm on ``hidden`` (R, s, d), in eval mode; ``attend(layer, q, k, v, scale)``
-    stores the new keys/values and returns the attention output (R, heads, s, head_dim)."""
-    transformer = gpt2.transformer
-    rows, s, d = hidden.shape
-    heads = gpt2.config.n_head
-    for i, block in enumerate(transformer.h):
-        q, k, v = block.attn.c_attn(block.ln_1(hidden)).split(d, dim=2)
-        q, k, v = (t.view(rows, s, heads, d // heads).transpose(1, 2) for t in (q, k, v))
-        out = attend(i, q, k, v, block.attn.scaling)
-        hidden = hidden + block.attn.c_proj(out.transpose(1, 2).reshape(rows, s, d))
-        hidden = hidden + block.mlp.c_proj(_activation(gpt2, block)(block.mlp.c_fc(block.ln_2(hidden))))
-    return transformer.ln_f(hidden)
+def _tanh_gelu(x):
+    return F.gelu(x, approximate="tanh")
 
 
-def _prefill(gpt2, prefix: torch.Tensor, cache: BeamKVCache, num_beams: int) -> torch.Tensor:
+class _GPT2Layers:
+    """The callables one decoding step needs from a GPT-2, built once per search (see ``_linear``)."""
+
+    def __init__(self, gpt2, rows: int, pack: bool):
+        self.transformer, self.heads = gpt2.transformer, gpt2.config.n_head
+        self.blocks = [
+            dict(ln_1=b.ln_1, c_attn=_linear(b.attn.c_attn, rows, pack), attn_proj=_linear(b.attn.c_proj, rows, pack),
+                 scale=b.attn.scaling, ln_2=b.ln_2, c_fc=_linear(b.mlp.c_fc, rows, pack),
+                 act=_tanh_gelu if gpt2.config.activation_function in TANH_GELUS else b.mlp.act,
+                 mlp_proj=_linear(b.mlp.c_proj, rows, pack))
+            for b in gpt2.transformer.h
+        ]
+        self.lm_head = _linear(gpt2.lm_head, rows, pack)
+
+    def blocks_forward(self, hidden: torch.Tensor, attend) -> torch.Tensor:
+        """GPT-2's blocks and final LayerNorm on ``hidden`` (R, s, d), in eval mode; ``attend(layer, q, k, v, scale)``
+        stores the new keys/values and returns the attention output (R, heads, s, head_dim)."""
+        rows, s, d = hidden.shape
+        for i, b in enumerate(self.blocks):
+            q, k, v = b["c_attn"](b["ln_1"](hidden)).split(d, dim=2)
+            q, k, v = (t.view(rows, s, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+            out = attend(i, q, k, v, b["scale"])
+            hidden = hidden + b["attn_proj"](out.transpose(1, 2).reshape(rows, s, d))
+            hidden = hidden + b["mlp_proj"](b["act"](b["c_fc"](b["ln_2"](hidden))))
+        return self.transformer.ln_f(hidden)
+
+
+def _prefill(layers: _GPT2Layers, prefix: torch.Tensor, cache: BeamKVCache, num_beams: int) -> torch.Tensor:
     """prefix (B, l, d) through GPT-2 once per brain; its keys/values fill every beam row of the brain.
     Returns the last position's hidden state (B, d)."""
     batch, l, _ = prefix.shape
@@ -158,12 +182,12 @@ def _prefill(gpt2, prefix: torch.Tensor, cache: BeamKVCache, num_beams: int) -> 
         storage[:, :, i, 1, :l] = v.transpose(1, 2)[:, None]
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
-    hidden = _blocks(gpt2, prefix + gpt2.transformer.wpe(positions), attend)
+    hidden = layers.blocks_forward(prefix + layers.transformer.wpe(positions), attend)
     cache.length = l
     return hidden[:, -1]
 
 
-def _decode_step(gpt2, tokens: torch.Tensor, cache: BeamKVCache, step: int) -> torch.Tensor:
+def _decode_step(layers: _GPT2Layers, tokens: torch.Tensor, cache: BeamKVCache, step: int) -> torch.Tensor:
     """tokens (N,) one per buffer row, at position ``cache.length`` -> last hidden states (N, d)."""
     position = cache.length
     cache.length = position + 1
@@ -175,9 +199,9 @@ def _decode_step(gpt2, tokens: torch.Tensor, cache: BeamKVCache, step: int) -> t
         keys, values = cache.keys_values(i)
         return F.scaled_dot_product_attention(q, keys, values, scale=scale)
 
-    transformer = gpt2.transformer
+    transformer = layers.transformer
     hidden = transformer.wte(tokens[:, None]) + transformer.wpe.weight[position]
-    return _blocks(gpt2, hidden, attend)[:, 0]
+    return layers.blocks_forward(hidden, attend)[:, 0]
 
 
 def _inherit_rows(parent_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,8 +224,11 @@ def _inherit_rows(parent_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 @torch.no_grad()
-def beam_search(gpt2, prefix: torch.Tensor, config: GenerationConfig):
+def beam_search(gpt2, prefix: torch.Tensor, config: GenerationConfig, pack_weights: bool = True):
     """Beam search from GPT-2 prefix embeddings (B, l, d) with a config from ``resolve_generation_config``.
+
+    ``pack_weights``: on a CPU in float32, run GPT-2's linear layers through oneDNN with weights packed once per
+    call (see ``_linear``); False keeps torch's default matrix product (MKL).
 
     Returns what ``gpt2.generate(inputs_embeds=prefix, ...)`` returns: LongTensor (B * num_return_sequences, T)
     of new tokens, or a ``GenerateBeamDecoderOnlyOutput`` (``cache`` is None) with ``return_dict_in_generate``.
@@ -235,10 +262,11 @@ def beam_search(gpt2, prefix: torch.Tensor, config: GenerationConfig):
     batch_offset = torch.arange(batch, device=device)[:, None] * num_beams
     rows = torch.arange(num_beams, device=device).expand(batch, num_beams)  # logical beam -> buffer row
 
-    hidden = _prefill(gpt2, prefix, cache, num_beams)  # (B, d): the beams of a brain share the first step
+    layers = _GPT2Layers(gpt2, batch * num_beams, pack_weights and torch.backends.mkldnn.is_available())
+    hidden = _prefill(layers, prefix, cache, num_beams)  # (B, d): the beams of a brain share the first step
     cur_len = 0
     while True:
-        logits = gpt2.lm_head(hidden).float()  # (B*K, V) in logical order; (B, V) at the first step
+        logits = layers.lm_head(hidden).float()  # (B*K, V) in logical order; (B, V) at the first step
         log_probs = F.log_softmax(logits, dim=-1)
         per_brain = logits.shape[0] // batch
         if want_logits:
@@ -304,7 +332,7 @@ def beam_search(gpt2, prefix: torch.Tensor, config: GenerationConfig):
         cache.copy_rows(source, target)
         physical = (rows + batch_offset).view(-1)
         tokens = torch.empty_like(physical).index_copy_(0, physical, running_sequences[:, :, cur_len - 1].reshape(-1))
-        hidden = _decode_step(gpt2, tokens, cache, cur_len).index_select(0, physical)
+        hidden = _decode_step(layers, tokens, cache, cur_len).index_select(0, physical)
 
     sequences = sequences[:, : config.num_return_sequences].reshape(-1, max_length)
     beam_scores = beam_scores[:, : config.num_return_sequences].reshape(-1)
