@@ -10,7 +10,12 @@ tokens differ is accepted only as a tie: both hypotheses, re-scored by one full 
 import pytest
 import torch
 
-from fgb2i_hf.models.brain_prefix_gpt2.beam_search import BeamKVCache, _inherit_rows, resolve_generation_config
+from fgb2i_hf.models.brain_prefix_gpt2.beam_search import (
+    BeamKVCache,
+    _inherit_rows,
+    beam_search,
+    resolve_generation_config,
+)
 from fgb2i_hf.testing import random_betas, tiny_brain_prefix_gpt2
 
 COUNTS = {"subj01": 40, "subj02": 56}
@@ -109,14 +114,19 @@ def test_two_stop_tokens_and_plain_tensor_output():
 def test_wider_model_and_captions():
     """4 layers x 128 (several heads, a longer search), through generate_captions."""
     model, tok = _model(seed=5, eos_scale=2.0, n_layer=4, n_embd=128, n_head=4)
-    subjects = ["subj01", "subj02", "subj02", "subj01", "subj01", "subj02"]
+    subjects = ["subj01", "subj02", "subj02", "subj01"]
     betas = random_betas(COUNTS, subjects, seed=9)
-    kwargs = dict(num_beams=5, max_new_tokens=20, return_dict_in_generate=True, output_scores=True)
+    kwargs = dict(num_beams=5, max_new_tokens=16, return_dict_in_generate=True, output_scores=True)
     hf = model.generate(betas=betas, subject=subjects, beam_impl="hf", **kwargs)
     fast = model.generate(betas=betas, subject=subjects, beam_impl="fast", **kwargs)
-    _assert_same_beams(model, model.encode_brain(betas, subjects), hf, fast, {tok.eos_token_id}, 20, 1.0, 1)
-    assert model.generate_captions(betas, subjects, tok, num_beams=5, max_new_tokens=20) == \
-        model.generate_captions(betas, subjects, tok, num_beams=5, max_new_tokens=20, beam_impl="hf")
+    prefix = model.encode_brain(betas, subjects)
+    _assert_same_beams(model, prefix, hf, fast, {tok.eos_token_id}, 16, 1.0, 1)
+    # torch's default matrix product instead of oneDNN-packed weights: same beams
+    config, _ = resolve_generation_config(model.gpt2, dict(kwargs, pad_token_id=tok.eos_token_id))
+    unpacked = beam_search(model.gpt2, prefix, config, pack_weights=False)
+    _assert_same_beams(model, prefix, hf, unpacked, {tok.eos_token_id}, 16, 1.0, 1)
+    assert model.generate_captions(betas, subjects, tok, num_beams=5, max_new_tokens=16) == \
+        model.generate_captions(betas, subjects, tok, num_beams=5, max_new_tokens=16, beam_impl="hf")
 
 
 def test_fast_beam_search_runs_lora_layers():
@@ -141,7 +151,7 @@ def test_routing_and_unsupported_settings():
     model, tok = _model(seed=1)
     subjects = ["subj01", "subj02"]
     betas = random_betas(COUNTS, subjects, seed=1)
-    base = dict(betas=betas, subject=subjects, max_new_tokens=8)
+    base = dict(betas=betas, subject=subjects, max_new_tokens=5)
     for extra, reason in [
         (dict(num_beams=3, no_repeat_ngram_size=2), "no_repeat_ngram_size"),
         (dict(num_beams=3, repetition_penalty=1.3), "repetition_penalty"),
