@@ -137,7 +137,7 @@ def _linear(module: nn.Module, rows: int, pack: bool):
     if not (pack and type(module) in (Conv1D, nn.Linear) and module.weight.device.type == "cpu"
             and module.weight.dtype == torch.float32):
         return module
-    weight = module.weight.t().contiguous() if type(module) is Conv1D else module.weight  # (out, in)
+    weight = module.weight.t() if type(module) is Conv1D else module.weight  # (out, in); oneDNN reads the strides
     packed, bias = torch.ops.mkldnn._reorder_linear_weight(weight, rows), module.bias
     return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
