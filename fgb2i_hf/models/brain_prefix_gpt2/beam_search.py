@@ -127,7 +127,7 @@ class BeamKVCache:
         starts = differs.int().argmax(dim=1)  # every pair differs somewhere: two live beams are two hypotheses
         for s, t, start in zip(source.tolist(), target.tolist(), starts.tolist()):
             self.storage[t, :, :, start : self.length].copy_(self.storage[s, :, :, start : self.length])
-            self.history[t, start : self.length] = self.history[s, start : self.length]
+        self.history[target] = self.history[source]  # equal before `start` already
 
 
 def _linear(module: nn.Module, rows: int, pack: bool):
