@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,7 @@ from transformers import GPT2LMHeadModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ...core import resolve_pretrained
+from ...core import as_betas, resolve_pretrained
 from .configuration_brain_prefix_gpt2 import BrainPrefixGPT2Config, check_subject_name
 
 
@@ -186,63 +185,11 @@ class BrainPrefixGPT2(PreTrainedModel):
 
     # -- inputs ---------------------------------------------------------------------------------------------------
     def _check_brain_inputs(self, betas, subject) -> tuple[torch.Tensor, str | list[str]]:
-        """Validate betas/subject; returns betas as a float tensor on the model's device and the subject(s)."""
-        if not isinstance(betas, torch.Tensor):
-            try:
-                betas = torch.as_tensor(betas)
-            except (TypeError, ValueError, RuntimeError) as err:
-                raise ValueError(f"betas must be a float tensor (B, V), got {type(betas).__name__}") from err
-        if betas.ndim != 2:
-            raise ValueError(f"betas must be a 2-D tensor (batch, voxels), got shape {tuple(betas.shape)}")
-        if not (betas.is_floating_point()):
-            raise ValueError(f"betas must be floating point, got dtype {betas.dtype}")
-        counts = self.config.voxel_counts
-        batch, width = betas.shape
-        if batch == 0:
-            raise ValueError("betas has no rows: expected at least one brain (B >= 1)")
-        if isinstance(subject, str):
-            subjects = [subject]
-        elif isinstance(subject, Sequence) and all(isinstance(s, str) for s in subject):
-            subjects = list(subject)
-            if len(subjects) != batch:
-                raise ValueError(
-                    f"subject lists one name per row: got {len(subjects)} names for {batch} rows of betas"
-                )
-        else:
-            raise ValueError(f"subject must be a subject name (str) or a list of B names, got {subject!r}")
-        unknown = sorted(set(subjects) - set(counts))
-        if unknown:
-            raise ValueError(f"unknown subject(s) {unknown}; this model knows {sorted(counts)} (add_subject adds one)")
-        # checked in the model's dtype: finite float64 betas beyond its range become inf in the cast
+        """Validate betas/subject (:func:`fgb2i_hf.core.as_betas`: 2-D, floating point, known subjects, widths and
+        padding, finite in the model's dtype); returns betas on the model's device and dtype, and the subject(s)."""
         reference = self.mapper.prefix_const
-        given_finite = torch.isfinite(betas).all(dim=1)
-        betas = betas.to(reference.device, reference.dtype)
-        finite = torch.isfinite(betas).all(dim=1)
-        if not bool(finite.all()):
-            rows = torch.nonzero(~finite).flatten().tolist()
-            named = sorted({subjects[0] if isinstance(subject, str) else subjects[i] for i in rows})
-            cast = "" if not bool(given_finite.cpu()[rows].all()) else (
-                f", after the cast to the model's dtype {reference.dtype} (largest finite value "
-                f"{torch.finfo(reference.dtype).max:.4g}): z-score the betas")
-            raise ValueError(f"betas contain NaN or inf in rows {rows[:10]} (subject(s) {named}){cast}")
-        if isinstance(subject, str):
-            if width != counts[subject]:
-                raise ValueError(f"betas for {subject} have {width} voxels per row, expected {counts[subject]}")
-        else:
-            need = max(counts[s] for s in set(subjects))
-            if width < need:
-                worst = next(s for s in subjects if counts[s] == need)
-                raise ValueError(f"betas have {width} columns but {worst} needs {need} voxels (pad rows on the right)")
-            lengths = torch.tensor([counts[s] for s in subjects], device=betas.device)
-            beyond = torch.arange(width, device=betas.device)[None, :] >= lengths[:, None]
-            bad = (betas.ne(0) & beyond).any(dim=1)
-            if bool(bad.any()):
-                i = int(torch.nonzero(bad)[0])
-                raise ValueError(
-                    f"row {i} ({subjects[i]}) has non-zero values after its {counts[subjects[i]]} voxels: a betas "
-                    f"length that differs from the subject's voxel count, or padding that is not zeros"
-                )
-        return betas, subject if isinstance(subject, str) else subjects
+        return as_betas(betas, subject, voxel_counts=self.config.voxel_counts, device=reference.device,
+                        dtype=reference.dtype, allow_1d=False)
 
     def _project_subjects(self, betas: torch.Tensor, subject: str | list[str]) -> torch.Tensor:
         """(B, V) -> (B, width): one matmul per subject present, rows put back in their order."""
