@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from ..core import atomic_write_json, atomic_write_text, publish_folder
 from ..core.checkpoints import check_random_states, read_json_state, reading
 from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
 from ..rewards.registry import call_reward, get_reward
@@ -480,10 +481,7 @@ class ReinforceTrainer:
                     raise ValueError(f"{path}: line {number} is not JSON; cannot resume its log") from None
                 if record.get("step", 0) <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(kept))
         self.accelerator.wait_for_everyone()
 
     # -- checkpoints --------------------------------------------------------------------------------------
@@ -494,17 +492,16 @@ class ReinforceTrainer:
         """``accelerator.save_state`` + trainer state in a temporary folder, then renamed into place."""
         acc = self.accelerator
         final = os.path.join(self.checkpoint_dir(), f"checkpoint-{self.global_step}")
+        # Not core.scratch_folder's random name: every process writes its part of the state to the same folder.
         tmp = final + ".tmp"
         if acc.is_main_process and os.path.exists(tmp):
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(tmp)
         if acc.is_main_process:
-            with open(os.path.join(tmp, STATE_NAME), "w") as f:
+            with open(os.path.join(tmp, STATE_NAME), "w") as f:  # inside the folder published next
                 json.dump({"global_step": self.global_step, "config": asdict(self.config)}, f, indent=2, default=str)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            publish_folder(tmp, final)
             for old in self.list_checkpoints()[: -self.config.save_total_limit or None]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
@@ -545,7 +542,6 @@ class ReinforceTrainer:
         model.save_pretrained(path, is_main_process=acc.is_main_process, save_function=acc.save)
         if acc.is_main_process:
             self.tokenizer.save_pretrained(path)
-            with open(os.path.join(path, "reinforce_config.json"), "w") as f:
-                json.dump(asdict(self.config), f, indent=2, default=str)
+            atomic_write_json(os.path.join(path, "reinforce_config.json"), asdict(self.config), default=str)
         acc.wait_for_everyone()
         return path

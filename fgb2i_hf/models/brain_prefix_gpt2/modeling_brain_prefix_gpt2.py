@@ -27,7 +27,7 @@ from transformers import GPT2LMHeadModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ...core import as_betas, resolve_pretrained
+from ...core import as_betas, atomic_write_text, resolve_pretrained
 from .configuration_brain_prefix_gpt2 import BrainPrefixGPT2Config, check_subject_name
 
 
@@ -403,11 +403,7 @@ class BrainPrefixGPT2(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if model_card is not False and kwargs.get("is_main_process", True):
             card = create_model_card(self.config, **(model_card if isinstance(model_card, dict) else {}))
-            path = os.path.join(save_directory, "README.md")
-            fd, tmp = tempfile.mkstemp(dir=save_directory, prefix=".README.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(str(card))
-            os.replace(tmp, path)
+            atomic_write_text(os.path.join(save_directory, "README.md"), str(card))
 
     def push_to_hub(
         self,

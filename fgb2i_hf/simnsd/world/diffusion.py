@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core import save_png_atomic
 from .vae import encode_latents, to_vae_input
 
 
@@ -286,6 +287,6 @@ def sample_grid(pipe, split, path: str, n: int = 8, seed: int = 0, **render_kwar
         lines.append(line)
         draw.text((4, y + size + 1), "\n".join(lines[:2] + [f"COCO: {coco[r]}"][: 3 - min(len(lines), 2)]),
                   fill=(0, 0, 0))
-    canvas.save(path)
+    save_png_atomic(canvas, path)
     return path
 

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ...core import save_png_atomic
+
 
 @dataclass
 class VDVAETrainingConfig:
@@ -174,5 +176,5 @@ def reconstruction_figure(model, images: np.ndarray, path: str, seed: int = 0, s
             model.sample(len(x), generator=generator(), output="mean")]
     grid = torch.cat([torch.cat(list(row), 2) for row in rows], 1).permute(1, 2, 0).numpy()
     image = Image.fromarray((grid * 255).round().astype(np.uint8))
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+    save_png_atomic(image.resize((image.width * scale, image.height * scale), Image.NEAREST), path)
     return path
