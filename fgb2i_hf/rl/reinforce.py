@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from ..core import atomic_write_json, atomic_write_text, publish_folder
 from ..core.checkpoints import check_random_states, read_json_state, reading
 from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
+from ..models.brain_prefix_gpt2 import decode_captions
 from ..rewards.registry import call_reward, get_reward
 
 BASELINES = ("none", "greedy", "leave_one_out")
@@ -302,15 +303,6 @@ class ReinforceTrainer:
         return out
 
     # -- one step -----------------------------------------------------------------------------------------
-    def _decode(self, tokens: torch.Tensor) -> list[str]:
-        eos = self.tokenizer.eos_token_id
-        texts = []
-        for row in tokens.tolist():
-            if eos in row:
-                row = row[: row.index(eos)]
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return texts
-
     def training_step(self, batch: dict[str, Any]) -> dict[str, float]:
         cfg, acc = self.config, self.accelerator
         policy = acc.unwrap_model(self.model)
@@ -330,9 +322,9 @@ class ReinforceTrainer:
                                                 max_new_tokens=max_new, eos_token_id=eos, pad_token_id=eos)
         self.timings["sampling"].append(time.perf_counter() - start)
 
-        completions = self._decode(samples)
+        completions = decode_captions(samples, self.tokenizer, eos)
         rewards = self.score(completions, columns, k)
-        greedy_rewards = self.score(self._decode(greedy_tokens), columns, 1) if greedy_tokens is not None else {}
+        greedy_rewards = self.score(decode_captions(greedy_tokens, self.tokenizer, eos), columns, 1) if greedy_tokens is not None else {}
         advantage = np.zeros(len(completions))
         logs: dict[str, float] = {}
         for w, name in zip(self.reward_weights, cfg.rewards):

@@ -40,6 +40,24 @@ def _default_linear_init(layer: nn.Linear) -> None:
         init.uniform_(layer.bias, -bound, bound)
 
 
+def decode_captions(sequences, tokenizer, eos_token_id: int | None = None) -> list[str]:
+    """Captions from generated token ids: one string per row, cut at the first ``eos_token_id`` (default: the
+    tokenizer's), special tokens and surrounding spaces removed.
+
+    Args:
+        sequences: LongTensor (N, T) of new tokens, or a ``GenerateOutput`` (its ``sequences``).
+    """
+    if not isinstance(sequences, torch.Tensor):
+        sequences = sequences.sequences
+    eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    captions = []
+    for row in sequences.tolist():
+        if eos in row:
+            row = row[: row.index(eos)]
+        captions.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return captions
+
+
 class MapperAttention(nn.Module):
     """Multi-head self-attention over all 2l tokens (no mask); q/k/v without bias, output projection with bias."""
 
@@ -344,18 +362,11 @@ class BrainPrefixGPT2(PreTrainedModel):
         return eos[0] if isinstance(eos, (list, tuple)) else eos
 
     def generate_captions(self, betas, subject, tokenizer, **generation_kwargs) -> list[str]:
-        """``generate`` then decode: one string per returned sequence, cut at the first eos, special tokens and
-        surrounding spaces removed."""
+        """``generate`` then :func:`decode_captions`: one string per returned sequence, cut at the first eos (the
+        tokenizer's, else the model's), special tokens and surrounding spaces removed."""
         sequences = self.generate(betas=betas, subject=subject, **generation_kwargs)
-        if not isinstance(sequences, torch.Tensor):
-            sequences = sequences.sequences
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else self.eos_token_id
-        captions = []
-        for row in sequences.tolist():
-            if eos in row:
-                row = row[: row.index(eos)]
-            captions.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-        return captions
+        return decode_captions(sequences, tokenizer, eos)
 
     # -- subjects -------------------------------------------------------------------------------------------------
     def add_subject(self, subject: str, n_voxels: int, freeze_others: bool = True) -> nn.Linear:
@@ -439,4 +450,4 @@ class BrainPrefixGPT2(PreTrainedModel):
             )
 
 
-__all__ = ["BrainPrefixGPT2", "BrainMapper", "MapperBlock"]
+__all__ = ["BrainPrefixGPT2", "BrainMapper", "MapperBlock", "decode_captions"]
