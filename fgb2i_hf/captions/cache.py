@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from ..core import atomic_write_bytes
+from ..data.coco import check_fine_caption_record
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +46,9 @@ def settings_hash(model: str, revision: str | None, prompt: str, generation_kwar
 
 
 def validate_record(record, where: str) -> dict:
-    """Check the two required keys of a fine-caption record; raise :class:`CaptionCacheError` naming ``where``."""
-    if not isinstance(record, dict):
-        raise CaptionCacheError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    nsd_id, caption = record.get("nsd_id"), record.get("caption")
-    if isinstance(nsd_id, bool) or not isinstance(nsd_id, int) or nsd_id < 0:
-        raise CaptionCacheError(f"{where}: 'nsd_id' must be a non-negative int (0-based 73k id), got {nsd_id!r}")
-    if not isinstance(caption, str):
-        raise CaptionCacheError(f"{where}: 'caption' must be a string, got {caption!r}")
-    return record
+    """Check the two required keys of a fine-caption record (:func:`fgb2i_hf.data.coco.check_fine_caption_record`);
+    raise :class:`CaptionCacheError` naming ``where``."""
+    return check_fine_caption_record(record, where, CaptionCacheError)
 
 
 @dataclass
