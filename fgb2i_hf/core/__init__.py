@@ -6,6 +6,8 @@
 - :mod:`.tensors`: the one conversion and validation of betas into a (B, V) tensor.
 - :mod:`.subjects`: subject names and per-subject voxel counts (the brain models' configs).
 - :mod:`.versions`: the library versions recorded beside every artifact.
+- :mod:`.checkpoints`: training checkpoints written whole, found and read with damaged files named.
+- :mod:`.deprecation`: deprecated aliases of moved names (``moved_names``), resolved when used.
 """
 
 from .io import (

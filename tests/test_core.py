@@ -1,5 +1,8 @@
-"""``fgb2i_hf.core.as_betas`` / ``betas_tensor``: the one conversion and validation of betas (known answers, and
-every error naming what is wrong)."""
+"""``fgb2i_hf.core``: ``as_betas`` / ``betas_tensor``, the one conversion and validation of betas (known answers, and
+every error naming what is wrong); the deprecated aliases of moved names."""
+
+import importlib
+import warnings
 
 import numpy as np
 import pytest
@@ -74,3 +77,20 @@ def test_non_finite_rows_are_named_and_an_overflowing_cast_is_told_apart():
         as_betas(huge, "subj01")
     # control: the same values stay finite when kept in float64
     assert torch.equal(as_betas(huge, "subj01", dtype=torch.float64)[0], huge)
+
+
+@pytest.mark.parametrize("old, name, new", [("fgb2i_hf.data", "simulate_nsd", "fgb2i_hf.simnsd"),
+                                            ("fgb2i_hf.training", "run_ce", "fgb2i_hf.drivers.ce"),
+                                            ("fgb2i_hf.decoders", "fit_decoders", "fgb2i_hf.drivers.fit"),
+                                            ("fgb2i_hf.captions", "enhance_nsd", "fgb2i_hf.drivers.captions")])
+def test_moved_names_still_resolve_with_a_warning_at_the_caller(old, name, new):
+    module = importlib.import_module(old)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = getattr(module, name)
+    assert value is getattr(importlib.import_module(new), name)
+    (warning,) = caught
+    assert warning.category is DeprecationWarning and warning.filename == __file__
+    assert str(warning.message).startswith(f"{old}.{name} moved to {new}.{name}")
+    with pytest.raises(AttributeError, match=f"module '{old}' has no attribute 'no_such_name'"):
+        getattr(module, "no_such_name")
