@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core import atomic_write_json, loading_config_field, resolve_pretrained, versions
+from ..core import atomic_write_json, loading_config_field, publish_folder, resolve_pretrained, versions
 from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
 from ..data import data_contract
 from ..data.layout import subject_list
@@ -355,6 +355,8 @@ def run_ce(script_args: CEScriptArguments, training_args, data=None, callbacks=N
 
     output_dir = training_args.output_dir
     final = os.path.join(output_dir, FINAL_DIR)
+    # Not core.scratch_folder's random name: every process must compute the same folder (save_model gathers the
+    # weights on all of them under FSDP/DeepSpeed); publish_folder swaps it in below.
     tmp = final + ".tmp"
     if trainer.is_world_process_zero() and os.path.exists(tmp):
         shutil.rmtree(tmp)
@@ -369,9 +371,7 @@ def run_ce(script_args: CEScriptArguments, training_args, data=None, callbacks=N
     if trainer.is_world_process_zero():
         _write_json(os.path.join(tmp, CONFIG_NAME), config)
         contract.save(tmp)  # the data this model was trained on: downstream steps read their settings from it
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_folder(tmp, final)
         if final_split is not None:
             result["eval"] = final_evaluation(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final_split,
                                               script_args, output_dir)

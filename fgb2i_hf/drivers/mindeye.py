@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core import atomic_write_json
 from ..data import data_contract
 from ..models.mindeye import MindEyeConfig, MindEyeModel
 from ..models.mindeye.retrieval import RETRIEVAL_BATCH, RETRIEVAL_LOOPS, retrieval_accuracy
@@ -284,11 +285,7 @@ def _row_corr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # -- the run ----------------------------------------------------------------------------------------------------
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=str)
 
 
 def run_mindeye(config: MindEyeRunConfig, data=None, stimuli=None, progress: bool = True) -> dict:

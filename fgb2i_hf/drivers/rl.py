@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..core import loading_config_field
+from ..core import atomic_write_json, loading_config_field
 from ..data.contract import SHARED_FIELDS, ContractError, DataContract
 from ..data.collate import CAPTION_COLUMNS
 from ..data.layout import subject_list
@@ -143,7 +143,6 @@ def run_rl(script_args: RLScriptArguments, config) -> dict:
         result["eval"] = caption_report(predictions, split, script_args.eval_references, rewards=rewards)
         write_table({"CE + RL": result["eval"]}, os.path.join(config.output_dir, f"eval_{script_args.eval_split}"))
     if acc.is_main_process:
-        with open(os.path.join(config.output_dir, "result.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(os.path.join(config.output_dir, "result.json"), result)
         print(json.dumps(result, indent=2))
     return result
