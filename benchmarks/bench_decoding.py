@@ -11,7 +11,7 @@ Ours, all brains in one batch: ``model.generate(betas=..., subject=..., num_beam
 length_penalty=1.0)`` -- by default the fast beam search (``beam_search.py``: transformers' algorithm on a
 pre-allocated KV cache, oneDNN-packed weights on a CPU); the same with ``beam_impl="hf"`` (transformers' own beam
 search); the fast one with torch's default matrix product (``pack_weights=False``), to show what the kernels bring;
-and greedy decoding (transformers). All run on the same model with random weights at GPT-2-base size (vocabulary
+and greedy decoding (the fast path and transformers'). All run on the same model with random weights at GPT-2-base size (vocabulary
 50257); "." is GPT-2's id 13. A random GPT-2 practically never emits ".", so every caption runs to the 67-token
 limit: ClipCap's costliest case (its per-step work grows with the length). Real captions are shorter;
 ``--entry-length 16`` measures that regime. ``--repeats N`` measures every decoder N times, interleaved (the machine
@@ -230,7 +230,8 @@ def main(argv=None) -> dict:
         "hf_beam": (True, lambda: ours(**beam, beam_impl="hf")),
         "fast_beam": (True, lambda: ours(**beam, beam_impl="fast")),
         "fast_beam_unpacked": (True, fast_unpacked),
-        "greedy": (True, lambda: ours(do_sample=False)),
+        "greedy": (True, lambda: ours(do_sample=False)),  # the fast path (greedy_search) since it exists
+        "hf_greedy": (True, lambda: ours(do_sample=False, beam_impl="hf")),
         "clipcap_greedy": (False, lambda: baseline(lambda p: clipcap_generate_greedy(gpt2, p, limit, stop_token=stop))),
     }
     if args.skip_hf_beam:
@@ -238,12 +239,12 @@ def main(argv=None) -> dict:
     if args.skip_unpacked or torch.device(args.device).type != "cpu":
         del decoders["fast_beam_unpacked"]
     if args.skip_greedy:
-        del decoders["greedy"], decoders["clipcap_greedy"]
+        del decoders["greedy"], decoders["hf_greedy"], decoders["clipcap_greedy"]
     for name in decoders:  # warm-up (allocator, kernels)
         if name in ("hf_beam", "fast_beam"):
             ours(**beam, beam_impl=name.split("_")[0], max_new_tokens=2)
-        if name == "greedy":
-            ours(do_sample=False, max_new_tokens=2)
+        if name in ("greedy", "hf_greedy"):
+            ours(do_sample=False, max_new_tokens=2, beam_impl="auto" if name == "greedy" else "hf")
 
     rates = {name: [] for name in decoders}  # captions per wall-clock second
     cpu_rates = {name: [] for name in decoders}  # captions per CPU second of this process
@@ -285,7 +286,8 @@ def main(argv=None) -> dict:
     rows = [("beam", "fast_beam", "clipcap_beam", f"fast beam (beam_search.py, batch {n})"),
             ("beam_unpacked", "fast_beam_unpacked", "clipcap_beam", "  same, torch's default matmul"),
             ("beam_hf", "hf_beam", "clipcap_beam", f"HF beam (transformers, batch {n})"),
-            ("greedy", "greedy", "clipcap_greedy", f"greedy (transformers, batch {n})")]
+            ("greedy", "greedy", "clipcap_greedy", f"fast greedy (greedy_search, batch {n})"),
+            ("greedy_hf", "hf_greedy", "clipcap_greedy", f"HF greedy (transformers, batch {n})")]
     for key, name, reference, title in rows:
         if name not in decoders:
             continue

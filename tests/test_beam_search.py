@@ -14,6 +14,7 @@ from fgb2i_hf.models.brain_prefix_gpt2.beam_search import (
     BeamKVCache,
     _inherit_rows,
     beam_search,
+    greedy_search,
     resolve_generation_config,
 )
 from fgb2i_hf.testing import random_betas, tiny_brain_prefix_gpt2
@@ -156,8 +157,8 @@ def test_routing_and_unsupported_settings():
         (dict(num_beams=3, no_repeat_ngram_size=2), "no_repeat_ngram_size"),
         (dict(num_beams=3, repetition_penalty=1.3), "repetition_penalty"),
         (dict(num_beams=3, do_sample=True), "do_sample"),
-        (dict(num_beams=1), "not beam search"),
-        (dict(), "not beam search"),
+        (dict(do_sample=True), "do_sample"),
+        (dict(num_beams=1, repetition_penalty=1.3), "repetition_penalty"),
         (dict(num_beams=3, output_attentions=True), "output_attentions"),
     ]:
         with pytest.raises(ValueError, match=reason):
@@ -184,16 +185,65 @@ def _seq(out):
     return out if isinstance(out, torch.Tensor) else out.sequences
 
 
-def test_greedy_is_unaffected():
-    model, _ = _model(seed=2)
-    subjects = ["subj02", "subj01", "subj01"]
-    betas = random_betas(COUNTS, subjects, seed=3)
-    greedy = model.generate(betas=betas, subject=subjects, max_new_tokens=12)
-    assert torch.equal(greedy, model.generate(betas=betas, subject=subjects, max_new_tokens=12, beam_impl="hf"))
+def _assert_same_greedy(hf, fast):
+    """Tokens equal, or a first difference at a step whose two best logits are a tie within SCORE_TOL."""
+    torch.testing.assert_close(torch.stack(fast.scores), torch.stack(hf.scores[: len(fast.scores)]), **SCORE_TOL)
+    for i, (a, b) in enumerate(zip(fast.sequences.tolist(), hf.sequences.tolist())):
+        if a != b:
+            step = next(t for t, (x, y) in enumerate(zip(a, b)) if x != y)
+            top2 = hf.scores[step][i].topk(2).values
+            assert float(top2[0] - top2[1]) <= SCORE_TOL["atol"], (i, step)
+    assert torch.equal(fast.sequences, hf.sequences)  # no tie in these tests as written
+
+
+@pytest.mark.parametrize("seed, kwargs", [
+    (2, dict()),
+    (3, dict(eos_scale=3.0)),  # eos competes: rows end early and are padded
+    (4, dict(eos_scale=3.0, pad=5)),  # padded with another id than eos
+    (5, dict(eos_scale=2.0, n_layer=4, n_embd=128, n_head=4)),
+])
+def test_fast_greedy_equals_transformers(seed, kwargs):
+    kwargs = dict(kwargs)
+    pad = kwargs.pop("pad", None)
+    eos_scale = kwargs.pop("eos_scale", 1.0)
+    model, tok = _model(seed=seed, eos_scale=eos_scale, **kwargs)
+    subjects = ["subj02", "subj01", "subj01", "subj02", "subj01"]
+    betas = random_betas(COUNTS, subjects, seed=seed)
+    common = dict(betas=betas, subject=subjects, max_new_tokens=14, return_dict_in_generate=True, output_scores=True,
+                  output_logits=True, **({} if pad is None else {"pad_token_id": pad}))
+    hf = model.generate(beam_impl="hf", **common)
+    fast = model.generate(beam_impl="fast", **common)
+    _assert_same_greedy(hf, fast)
+    assert len(fast.logits) == len(fast.scores) == fast.sequences.shape[1]
+    assert torch.equal(model.generate(betas=betas, subject=subjects, max_new_tokens=14,
+                                      **({} if pad is None else {"pad_token_id": pad})), fast.sequences)  # auto
+    # torch's default matrix product instead of oneDNN-packed weights: same tokens
+    config, _ = resolve_generation_config(model.gpt2, dict(max_new_tokens=14, return_dict_in_generate=True,
+                                                           output_scores=True, pad_token_id=pad or tok.eos_token_id))
+    _assert_same_greedy(hf, greedy_search(model.gpt2, model.encode_brain(betas, subjects), config, pack_weights=False))
+    ended = [r.index(tok.eos_token_id) for r in fast.sequences.tolist() if tok.eos_token_id in r]
+    if eos_scale == 3.0:  # control: eos competed, some rows ended early and the others ran on
+        assert ended and min(ended) < fast.sequences.shape[1] - 1
+        fill = tok.eos_token_id if pad is None else pad
+        for row in fast.sequences.tolist():
+            if tok.eos_token_id in row:
+                assert set(row[row.index(tok.eos_token_id) + 1:]) <= {fill}
+
+
+def test_fast_greedy_two_stop_tokens_and_transformers_own_greedy():
+    model, tok = _model(seed=7)
+    subjects = ["subj01", "subj02", "subj01"]
+    betas = random_betas(COUNTS, subjects, seed=8)
+    first = model.generate(betas=betas, subject=subjects, max_new_tokens=10, beam_impl="hf")[0].tolist()
+    kwargs = dict(betas=betas, subject=subjects, max_new_tokens=10, eos_token_id=[first[3], tok.eos_token_id])
+    hf, fast = model.generate(beam_impl="hf", **kwargs), model.generate(beam_impl="fast", **kwargs)
+    assert torch.equal(fast, hf) and fast.shape[1] <= 10
+    assert first[3] in fast[0].tolist() and fast[0].tolist().index(first[3]) <= 3  # control: the extra stop ends row 0
+    # beam_impl="hf" is transformers' own greedy decoding: same process, same kernels, so bitwise
     mask = torch.ones(3, model.config.prefix_length, dtype=torch.long)
     direct = model.gpt2.generate(inputs_embeds=model.encode_brain(betas, subjects), attention_mask=mask,
-                                 max_new_tokens=12, pad_token_id=model.eos_token_id)
-    assert torch.equal(greedy, direct)  # same process, same kernels: bitwise
+                                 max_new_tokens=10, pad_token_id=model.eos_token_id)
+    assert torch.equal(model.generate(betas=betas, subject=subjects, max_new_tokens=10, beam_impl="hf"), direct)
 
 
 def test_inherit_rows_known_answer():

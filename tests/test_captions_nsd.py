@@ -31,7 +31,7 @@ def records_of(path):
 
 def test_subject_ids_are_the_images_the_builder_gives_the_subject(simnsd_root, simnsd_dataset):
     for subject in ("subj01", "subj07"):
-        built = {r for split in ("train", "test") for r, s in
+        built = {r for split in ("train", "validation", "test") for r, s in
                  zip(simnsd_dataset[split]["nsd_id"], simnsd_dataset[split]["subject"]) if s == subject}
         assert subject_nsd_ids(simnsd_root, [subject]) == sorted(built)
     both = subject_nsd_ids(simnsd_root, ["subj01", "subj07"])

@@ -124,7 +124,7 @@ def test_brain_diffuser_base_single_alpha_and_bad_requests(tmp_path, images):
     with pytest.raises(ValueError, match="not 'z'"):
         fit_decoders(config(tmp_path, base="brain_diffuser", targets=["z"]), dataset=rows,
                      stimuli=Stimuli(images), progress=False)
-    with pytest.raises(ValueError, match="no train rows for subj03"):
+    with pytest.raises(ValueError, match=r"subjects \['subj03'\] are not in this data contract"):
         fit_decoders(config(tmp_path, subjects=["subj03"]), dataset=rows, stimuli=Stimuli(images), progress=False)
 
 

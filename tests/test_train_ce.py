@@ -174,7 +174,7 @@ class NoEpochUpdates(CaptionEpochCallback):
 
 def _train(data, out, monkeypatch=None, stop=None, resume=None, epoch_callback=True):
     script_args, training_args = arguments(
-        out, caption_column="captions", eval_split="", max_caption_tokens=24,
+        out, caption_column="captions", eval_split="", final_eval_split="", max_caption_tokens=24,
         training={"num_train_epochs": 3, "per_device_train_batch_size": 8, "train_sampling_strategy": "sequential",
                   "save_strategy": "steps", "save_steps": 4, "resume_from_checkpoint": resume})
     if not epoch_callback:
@@ -348,7 +348,8 @@ class NoStep(TrainerCallback):
 
 
 def _fails(tmp_path, data, message, **script):
-    script_args, training_args = arguments(tmp_path / "out", eval_split=script.pop("eval_split", "test"), **script)
+    # no monitoring split in these small subsets: the test split is checked as the final evaluation's
+    script_args, training_args = arguments(tmp_path / "out", eval_split=script.pop("eval_split", ""), **script)
     with pytest.raises(ValueError, match=message):
         run_ce(script_args, training_args, data=data, callbacks=[NoStep()])
     assert not (tmp_path / "out" / "final").exists()
@@ -458,7 +459,7 @@ def test_two_cpu_processes_decode_sharded_and_agree_with_one(simnsd_root, nsd_ca
          "--cache_dir", nsd_cache_dir, "--output_dir", str(out), "--subjects", "subj01", "subj02",
          "--max_train_rows", "64", "--eval_max_rows", "9", "--num_train_epochs", "2", "--max_caption_tokens", "16",
          "--caption_eval_metrics", "BLEU-4", "--final_eval_metrics", "BLEU-4", "--save_strategy", "no",
-         "--disable_tqdm", "true"], env_extra={"ACCELERATE_USE_CPU": "true"})
+         "--final_eval_split", "validation", "--disable_tqdm", "true"], env_extra={"ACCELERATE_USE_CPU": "true"})
     result = json.load(open(out / "result.json"))
     assert result["processes"] == 2 and result["global_step"] == 2 * 2  # 128 rows / (32 x 2 processes) per epoch
     # the metrics below are equal only if the captions are: each process decoded other batches, so check that no
@@ -468,11 +469,12 @@ def test_two_cpu_processes_decode_sharded_and_agree_with_one(simnsd_root, nsd_ca
     from fgb2i_hf.drivers.ce import first_rows_per_subject
 
     model = BrainPrefixGPT2.from_pretrained(str(out / "final"))
-    test = load_nsd(simnsd_root, subjects=["subj01", "subj02"], cache_dir=nsd_cache_dir)["test"]
-    test = first_rows_per_subject(test, 9)
-    assert all(decisive_rows(model, test, range(len(test)), model.eos_token_id, max_new_tokens=16))
+    # the final evaluation decodes the monitoring split again here, in one process
+    rows = load_nsd(simnsd_root, subjects=["subj01", "subj02"], cache_dir=nsd_cache_dir)["validation"]
+    rows = first_rows_per_subject(rows, 9)
+    assert all(decisive_rows(model, rows, range(len(rows)), model.eos_token_id, max_new_tokens=16))
     last = [h for h in result["log_history"] if "eval_loss" in h][-1]
     brain = result["eval"]["rows"][MODEL_ROW]
     assert last["eval_BLEU-4"] == pytest.approx(brain["BLEU-4"], abs=1e-12)
     assert last["eval_object_F1"] == pytest.approx(brain["object F1"], abs=1e-12)
-    assert len(json.load(open(out / "eval_test_predictions_subj02.json"))) == 9
+    assert len(json.load(open(out / "eval_validation_predictions_subj02.json"))) == 9

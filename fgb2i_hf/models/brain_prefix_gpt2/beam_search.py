@@ -1,4 +1,5 @@
-"""Beam search for BrainPrefixGPT2 on a pre-allocated KV cache: transformers' beam search, made cheap on a CPU.
+"""Beam search and greedy decoding for BrainPrefixGPT2 on a pre-allocated KV cache: transformers' own algorithms,
+made cheap on a CPU.
 
 Same algorithm as ``GenerationMixin._beam_search`` (transformers 5.24, ``generation/utils.py``), step by step: each
 step keeps the ``max(2, 1 + n_eos) * num_beams`` best continuations of the running beams by accumulated
@@ -19,6 +20,10 @@ What differs is how GPT-2 is run (the profiles are in docs/model.md, "Decoding")
   float32, the linear layers run through oneDNN with weights packed once per call (torch's default matrix product
   goes through MKL, measured 1.6x (blocks) and 2.2x (LM head) slower on the AMD EPYC this was developed on).
 
+Greedy decoding (``greedy_search``) is transformers' ``_sample`` with ``do_sample=False`` on the same machinery: one
+cache row per brain, the argmax of the last position's logits, rows that ended padded with the pad id, the search
+over when every row has ended or ``max_new_tokens`` are out.
+
 The rows of the cache are in "physical" order; the bookkeeping keeps HF's order (beams sorted by score), and the
 last hidden states are put in HF's order before the language-model head, so scores, ties and outputs follow it.
 Bit-exactness with HF does not hold (other kernels and matrix shapes: logits agree to ~1e-6); tests compare
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig
 from transformers.pytorch_utils import Conv1D
-from transformers.generation.utils import GenerateBeamDecoderOnlyOutput
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 
 # Fields of a resolved GenerationConfig that this beam search implements; any other field that differs from
 # transformers' global defaults (a logits processor, a stopping criterion, another decoding mode) sends the call to
@@ -51,13 +56,12 @@ TANH_GELUS = {"gelu_new", "gelu_pytorch_tanh"}  # 0.5 x (1 + tanh(sqrt(2/pi) (x 
 def resolve_generation_config(gpt2, generation_kwargs: dict) -> tuple[GenerationConfig | None, str | None]:
     """transformers' own merge of ``gpt2.generation_config``, its global defaults and ``generation_kwargs``.
 
-    Returns ``(config, None)`` when the fast beam search implements these settings exactly, else ``(None, reason)``.
+    Returns ``(config, None)`` when the fast path (beam search for ``num_beams > 1``, else greedy decoding) implements
+    these settings exactly, else ``(None, reason)``.
     """
     kwargs = dict(generation_kwargs)
     if "generation_config" in kwargs:
         return None, "a generation_config object was passed"
-    if (kwargs.get("num_beams", gpt2.generation_config.num_beams) or 1) < 2:
-        return None, "not beam search (num_beams < 2)"
     if "max_length" in kwargs:
         return None, "max_length was passed (the fast path counts new tokens: use max_new_tokens)"
     try:
@@ -66,13 +70,11 @@ def resolve_generation_config(gpt2, generation_kwargs: dict) -> tuple[Generation
         return None, f"transformers rejects these settings ({err})"
     if model_kwargs:
         return None, f"arguments other than generation settings: {sorted(model_kwargs)}"
-    if not config.num_beams or config.num_beams < 2:
-        return None, "not beam search (num_beams < 2)"
     if config.do_sample:
-        return None, "beam sampling (do_sample=True)"
+        return None, "sampling (do_sample=True)"
     if config.max_new_tokens is None or config.max_new_tokens < 1:
         return None, "max_new_tokens is not set"
-    if config.num_return_sequences > config.num_beams:
+    if config.num_return_sequences > max(config.num_beams or 1, 1):
         return None, "num_return_sequences > num_beams"
     if not config.use_cache or config.output_attentions or config.output_hidden_states:
         return None, "use_cache=False or output_attentions/output_hidden_states requested"
@@ -376,3 +378,59 @@ def beam_search(gpt2, prefix: torch.Tensor, config: GenerationConfig, pack_weigh
         beam_indices=beam_indices,
         cache=None,
     )
+
+
+@torch.no_grad()
+def greedy_search(gpt2, prefix: torch.Tensor, config: GenerationConfig, pack_weights: bool = True):
+    """Greedy decoding from GPT-2 prefix embeddings (B, l, d) with a config from ``resolve_generation_config``
+    (``num_beams`` 1): transformers' ``_sample`` without sampling, on one pre-allocated cache row per brain.
+
+    Returns what ``gpt2.generate(inputs_embeds=prefix, ...)`` returns: LongTensor (B, T) of new tokens (rows that
+    ended padded with the pad id), or a ``GenerateDecoderOnlyOutput`` (``past_key_values`` None) with
+    ``return_dict_in_generate``.
+    """
+    batch, l, _ = prefix.shape
+    max_new_tokens = config.max_new_tokens
+    eos = config.eos_token_id
+    eos = None if eos is None else torch.tensor([eos] if isinstance(eos, int) else list(eos), device=prefix.device)
+    pad = config.pad_token_id if config.pad_token_id is not None else (None if eos is None else int(eos[0]))
+    want_scores = config.return_dict_in_generate and config.output_scores
+    want_logits = config.return_dict_in_generate and config.output_logits
+    all_scores, raw_logits, tokens = [], [], []
+
+    gcfg = gpt2.config
+    cache = BeamKVCache(batch, gcfg.n_layer, gcfg.n_head, l + max_new_tokens - 1, gcfg.n_embd // gcfg.n_head,
+                        prefix.dtype, prefix.device)
+    layers = _GPT2Layers(gpt2, batch, pack_weights and _can_pack())
+    hidden = _prefill(layers, prefix, cache, 1)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=prefix.device)
+    for step in range(max_new_tokens):
+        logits = layers.lm_head(hidden).float()  # (B, V): no logits processor, so these are also the scores
+        if want_logits:
+            raw_logits.append(logits)
+        if want_scores:
+            all_scores.append(logits)
+        next_tokens = logits.argmax(dim=-1)
+        if eos is not None:
+            next_tokens = torch.where(unfinished, next_tokens, pad)
+            unfinished &= ~torch.isin(next_tokens, eos)
+        tokens.append(next_tokens)
+        if step + 1 == max_new_tokens or not bool(unfinished.any()):
+            break
+        hidden = _decode_step(layers, next_tokens, cache, step + 1)
+
+    sequences = torch.stack(tokens, dim=1)
+    if not config.return_dict_in_generate:
+        return sequences
+    return GenerateDecoderOnlyOutput(
+        sequences=sequences,
+        scores=tuple(all_scores) if want_scores else None,
+        logits=tuple(raw_logits) if want_logits else None,
+        past_key_values=None,
+    )
+
+
+def fast_generate(gpt2, prefix: torch.Tensor, config: GenerationConfig, pack_weights: bool = True):
+    """The fast path for a config from ``resolve_generation_config``: beam search or greedy decoding."""
+    search = beam_search if (config.num_beams or 1) > 1 else greedy_search
+    return search(gpt2, prefix, config, pack_weights=pack_weights)

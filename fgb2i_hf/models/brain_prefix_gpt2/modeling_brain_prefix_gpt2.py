@@ -28,7 +28,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ...core import as_betas, atomic_write_text, resolve_pretrained
-from .beam_search import beam_search, resolve_generation_config
+from .beam_search import fast_generate, resolve_generation_config
 from .configuration_brain_prefix_gpt2 import BrainPrefixGPT2Config, check_subject_name
 
 
@@ -343,12 +343,13 @@ class BrainPrefixGPT2(PreTrainedModel):
         ``num_return_sequences``, ``eos_token_id``, ``stopping_criteria``, ``stop_strings`` with ``tokenizer``...).
         Defaults: ``max_new_tokens = config.max_caption_tokens``, ``pad_token_id`` = the eos id.
 
-        ``beam_impl`` chooses the beam search: ``"auto"`` (default) runs ``beam_search.beam_search`` -- the same
-        algorithm and outputs as transformers' beam search on a pre-allocated KV cache, several times faster on a
-        CPU -- whenever it implements the settings exactly (``num_beams > 1``, no sampling, no logits processors or
-        extra stopping criteria, ``max_new_tokens``; ``beam_search.resolve_generation_config`` says why not), and
-        transformers' otherwise; ``"hf"`` always transformers'; ``"fast"`` the fast one or a ``ValueError`` saying
-        why it cannot. Greedy decoding and sampling always run through transformers.
+        ``beam_impl`` chooses how beam search and greedy decoding run: ``"auto"`` (default) runs the fast path
+        (``beam_search.beam_search`` / ``beam_search.greedy_search``) -- the same algorithms and outputs as
+        transformers' on a pre-allocated KV cache, several times faster on a CPU -- whenever it implements the
+        settings exactly (no sampling, no logits processors or extra stopping criteria, ``max_new_tokens``;
+        ``beam_search.resolve_generation_config`` says why not), and transformers' otherwise; ``"hf"`` always
+        transformers'; ``"fast"`` the fast one or a ``ValueError`` saying why it cannot. Sampling always runs
+        through transformers.
 
         Returns:
             LongTensor (B * num_return_sequences, T) of new tokens only (rows that end early are padded with the pad
@@ -365,7 +366,7 @@ class BrainPrefixGPT2(PreTrainedModel):
         if beam_impl != "hf":
             generation_config, reason = resolve_generation_config(self.gpt2, generation_kwargs)
             if generation_config is not None:
-                return beam_search(self.gpt2, prefix, generation_config)
+                return fast_generate(self.gpt2, prefix, generation_config)
             if beam_impl == "fast":
                 raise ValueError(f"beam_impl='fast' cannot run these settings: {reason}; use beam_impl='auto' or 'hf'")
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
