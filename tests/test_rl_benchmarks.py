@@ -127,17 +127,25 @@ def test_ablation_end_to_end_writes_the_table(ablation, stage1, simnsd_root, nsd
     assert "random tiny weights" in markdown
 
 
-def test_step_benchmark_splits_the_step(stage1, simnsd_root, nsd_cache_dir, tmp_path):
+def test_step_benchmark_splits_the_step_of_each_option(stage1, simnsd_root, nsd_cache_dir, tmp_path):
     bench = _load("bench_rl_step")
     result = bench.main(["--checkpoint", stage1, "--nsd-root", simnsd_root, "--cache-dir", nsd_cache_dir,
-                         "--output-dir", str(tmp_path), "--subjects", ",".join(SUBJECTS), "--steps", "2", "--warmup", "1", "--batch-size", "4",
-                         "--num-samples", "2", "--render-steps", "1", "--render-size", "16"])
-    ms = result["ms_per_step"]
+                         "--output-dir", str(tmp_path), "--subjects", ",".join(SUBJECTS), "--steps", "2", "--warmup", "1",
+                         "--batch-size", "4", "--num-samples", "2", "--render-steps", "1", "--render-size", "16",
+                         "--surrogate-captions", "24", "--surrogate-render-fraction", "0.25"])
+    assert list(result["options"]) == ["floor", "renderer", "distilled", "surrogate"]
     parts = ["sampling (generate)", "reward object_accuracy", "reward clip_text_image", "reward clip_image_image",
              "forward + backward + optimiser"]
-    assert all(ms[p] > 0 for p in parts)
-    assert sum(ms[p] for p in parts) <= ms["total"] * 1.0001  # the parts are inside the step
-    rewards = sum(ms[p] for p in parts if p.startswith("reward"))
-    assert result["reward_fraction"] == pytest.approx(rewards / ms["total"])
-    assert result["ce_step_ms"] > 0 and result["rl_over_ce"] == pytest.approx(ms["total"] / result["ce_step_ms"])
-    assert np.isclose(sum(result["percent"].values()), 100 * sum(ms[p] for p in parts) / ms["total"])
+    for option, r in result["options"].items():
+        ms = r["ms_per_step"]
+        own = parts if option != "floor" else [parts[0], parts[-1]]
+        assert set(ms) == {*own, "total"} and all(ms[p] > 0 for p in own), option
+        assert sum(ms[p] for p in own) <= ms["total"] * 1.0001, option  # the parts are inside the step
+        rewards = sum(ms[p] for p in own if p.startswith("reward"))
+        assert r["reward_fraction"] == pytest.approx(rewards / ms["total"])
+        assert r["ce_step_ms"] > 0 and r["rl_over_ce"] == pytest.approx(ms["total"] / r["ce_step_ms"])
+        assert np.isclose(sum(r["percent"].values()), 100 * sum(ms[p] for p in own) / ms["total"])
+    assert result["options"]["renderer"]["rendered_per_step"] > 0 and result["options"]["floor"]["rendered_per_step"] == 0
+    # the surrogate renders a quarter of each step's distinct captions (8 samples: at most 2), and logs how they agree
+    assert result["options"]["surrogate"]["rendered_per_step"] <= 2
+    assert result["surrogate_fit_here"]["captions"] == 24 and "surrogate_pairs" in result["options"]["surrogate"]["surrogate_log"]
