@@ -41,7 +41,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_rl_ablation import RANDOM_TINY, REWARDS, SIM_TINY, SUBJECTS, build_clip, build_renderer  # noqa: E402
+from bench_rl_ablation import RANDOM_TINY, SIM_TINY, SUBJECTS, build_clip, build_renderer  # noqa: E402
 
 OPTIONS = ("floor", "renderer", "distilled", "surrogate")
 
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     p.add_argument("--cache-dir", help="datasets cache (default: <output-dir>/hf_datasets)")
     p.add_argument("--output-dir", default="outputs/bench_rl_step")
     p.add_argument("--options", default=",".join(OPTIONS), help=f"comma-separated, from {OPTIONS}")
-    p.add_argument("--steps", type=int, default=8, help="steps measured per option (after the warm-up)")
+    p.add_argument("--steps", type=int, default=16, help="steps measured per option (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-samples", type=int, default=4)
@@ -130,6 +130,8 @@ def main(argv=None) -> dict:
     p.add_argument("--surrogate-captions", type=int, default=256, help="training captions rendered to fit one here")
     p.add_argument("--surrogate-render-fraction", type=float, default=None,
                    help="fraction of distinct captions still rendered (default: the reward's)")
+    p.add_argument("--surrogate-check-batch", type=int, default=None,
+                   help="captions rendered together for the check (default: the reward's)")
     p.add_argument("--subjects", default=",".join(SUBJECTS))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -150,15 +152,12 @@ def main(argv=None) -> dict:
         model, tokenizer = random_stage1_model(train)
     start_state = copy.deepcopy(model.state_dict())
     stimuli = NSDStimuli(nsd_root)
-    clip = build_clip(args.clip_model, args.seed)
     render_kwargs = dict(steps=args.render_steps, guidance=args.render_guidance, size=args.render_size or None)
     renderer = build_renderer(args.renderer, args.seed, **render_kwargs)
     cache_size = 0 if args.no_render_cache else 16384
-    shared = {"object_accuracy": get_reward("object_accuracy"),
-              "clip_text_image": get_reward("clip_text_image", clip=clip, stimuli=stimuli)}
     surrogate_fit = None
 
-    def image_reward(option):
+    def image_reward(option, clip):
         nonlocal surrogate_fit
         if option == "renderer":
             return CLIPImageImageReward(renderer=renderer, clip=clip, stimuli=stimuli, cache_size=cache_size)
@@ -170,7 +169,8 @@ def main(argv=None) -> dict:
             surrogate = load_render_surrogate(args.surrogate, renderer=renderer, scorer=clip)
         else:
             surrogate, surrogate_fit = fit_bench_surrogate(renderer, clip, train, args.surrogate_captions, args.seed)
-        extra = {} if args.surrogate_render_fraction is None else {"surrogate_render_fraction": args.surrogate_render_fraction}
+        extra = {k: v for k, v in dict(surrogate_render_fraction=args.surrogate_render_fraction,
+                                       surrogate_check_batch=args.surrogate_check_batch).items() if v is not None}
         return CLIPImageImageReward(renderer=renderer, clip=clip, stimuli=stimuli, cache_size=cache_size,
                                     render_surrogate=surrogate, seed=args.seed, **extra)
 
@@ -178,7 +178,12 @@ def main(argv=None) -> dict:
     keep = slice(args.warmup, None)
     results = {}
     for option in options:
-        rewards = {} if option == "floor" else {**shared, "clip_image_image": image_reward(option)}
+        # each option its own CLIP (same weights): the text-embedding cache starts empty, as in a run
+        clip = build_clip(args.clip_model, args.seed)
+        rewards = {} if option == "floor" else {
+            "object_accuracy": get_reward("object_accuracy"),
+            "clip_text_image": get_reward("clip_text_image", clip=clip, stimuli=stimuli),
+            "clip_image_image": image_reward(option, clip)}
         names = list(rewards)
         model.load_state_dict(start_state)
         run_dir = os.path.join(args.output_dir, "run", option)

@@ -92,7 +92,7 @@ def test_surrogate_reward_scores_every_sample_with_the_surrogate(renderer, score
     surrogate = untrained_surrogate(renderer, scorer)
     calls = []
     reward = CLIPImageImageReward(renderer=renderer, clip=scorer, stimuli=stimuli, render_surrogate=surrogate,
-                                  surrogate_render_fraction=0.25, seed=0)
+                                  surrogate_render_fraction=0.25, surrogate_check_batch=2, seed=0)
     original = renderer.render
     renderer.render = lambda prompts: calls.append(list(prompts)) or original(prompts)
     try:
@@ -106,10 +106,13 @@ def test_surrogate_reward_scores_every_sample_with_the_surrogate(renderer, score
         assert len(calls) == 1 and len(calls[0]) == 2  # a quarter of 8 distinct captions: exactly 2 rendered
         logged = reward.log_values()
         assert logged["rendered"] == 2 and logged["surrogate_pairs"] == 2
-        for _ in range(7):  # 0.1 of 8 distinct captions = 0.8: 0 or 1 rendered per call, 0.8 on average
-            reward.surrogate_render_fraction = 0.1
+        reward.surrogate_render_fraction, reward.surrogate_check_batch = 0.1, 4
+        for _ in range(7):  # 0.1 of 8 distinct captions = 0.8: 0 or 1 queued per call, 0.8 on average
             reward([f"other {i} {_}" for i in range(8)], nsd_id=list(range(8)))
-        assert 2 + 1 <= reward.log_values()["surrogate_pairs"] <= 2 + 7
+        queued = len(reward._check_queue)
+        assert queued < 4 and len(calls) == 1 + (reward.log_values()["surrogate_pairs"] - 2) // 4  # whole batches
+        reward.check_surrogate()  # flush what is queued
+        assert 2 + 1 <= reward.log_values()["surrogate_pairs"] <= 2 + 7 and len(calls[-1]) in (queued, 4)
         assert spearman([1, 2, 3], [2, 4, 9]) == pytest.approx(1.0) and np.isnan(spearman([1, 1], [2, 3]))
     finally:
         renderer.render = original
@@ -118,7 +121,8 @@ def test_surrogate_reward_scores_every_sample_with_the_surrogate(renderer, score
 def test_a_poorly_agreeing_surrogate_is_reported(renderer, scorer, stimuli):
     reward = CLIPImageImageReward(renderer=renderer, clip=scorer, stimuli=stimuli,
                                   render_surrogate=untrained_surrogate(renderer, scorer, seed=1),
-                                  surrogate_render_fraction=1.0, surrogate_min_fidelity=1.01, fidelity_window=16)
+                                  surrogate_render_fraction=1.0, surrogate_check_batch=8, surrogate_min_fidelity=1.01,
+                                  fidelity_window=16)
     with pytest.warns(UserWarning, match="agree poorly with rendered ones"):
         reward([f"a scene number {i}" for i in range(8)], nsd_id=list(range(8)))  # 8 pairs >= 16 // 4
     summary = reward.log_values()
@@ -203,7 +207,8 @@ def test_rl_driver_offers_the_surrogate_and_its_renderer(fitted, simnsd_root):
     def reward_for(**settings):
         resources = reward_resources(RLScriptArguments(nsd_root=simnsd_root, clip_model="simnsd/clip", **settings))
         resources.setdefault("device", "cpu")  # what the trainer offers
-        return get_reward("clip_image_image", resources=resources, surrogate_render_fraction=0.5)
+        return get_reward("clip_image_image", resources=resources, surrogate_render_fraction=0.5,
+                          surrogate_check_batch=1)
 
     reward = reward_for(image_reward="surrogate", surrogate_path=path)
     assert reward.surrogate is not None and reward.renderer.settings.num_inference_steps == 1

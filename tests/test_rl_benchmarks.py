@@ -132,7 +132,8 @@ def test_step_benchmark_splits_the_step_of_each_option(stage1, simnsd_root, nsd_
     result = bench.main(["--checkpoint", stage1, "--nsd-root", simnsd_root, "--cache-dir", nsd_cache_dir,
                          "--output-dir", str(tmp_path), "--subjects", ",".join(SUBJECTS), "--steps", "2", "--warmup", "1",
                          "--batch-size", "4", "--num-samples", "2", "--render-steps", "1", "--render-size", "16",
-                         "--surrogate-captions", "24", "--surrogate-render-fraction", "0.25"])
+                         "--surrogate-captions", "24", "--surrogate-render-fraction", "0.25",
+                         "--surrogate-check-batch", "2"])
     assert list(result["options"]) == ["floor", "renderer", "distilled", "surrogate"]
     parts = ["sampling (generate)", "reward object_accuracy", "reward clip_text_image", "reward clip_image_image",
              "forward + backward + optimiser"]

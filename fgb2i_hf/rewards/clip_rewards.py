@@ -135,11 +135,13 @@ class CLIPImageImageReward(_CaptionStimulusCosine):
 
     With ``render_surrogate``, every completion is scored with the surrogate's prediction of its rendering's
     embedding (so the reward is one consistent function of the caption), and a random ``surrogate_render_fraction``
-    of each call's distinct captions is still rendered to keep it honest: their (surrogate, rendered) reward pairs
-    feed a running Spearman correlation (:meth:`log_values`, logged by the trainer as
-    ``reward/clip_image_image/surrogate_spearman``), and a warning is raised when it falls below
-    ``surrogate_min_fidelity``. The rendered values are not mixed into the reward: cached captions are not a random
-    subset of the samples, and swapping true values in for them would bias the advantages between captions.
+    of each call's distinct captions is still rendered to keep it honest. Those captions are queued and rendered
+    ``surrogate_check_batch`` at a time (a renderer call has a fixed cost: one caption per step would cost nearly
+    as much as a batch); their (surrogate, rendered) reward pairs feed a running Spearman correlation
+    (:meth:`log_values`, logged by the trainer as ``reward/clip_image_image/surrogate_spearman``), and a warning is
+    raised when it falls below ``surrogate_min_fidelity``. The rendered values are not mixed into the reward:
+    cached captions are not a random subset of the samples, and swapping true values in for them would bias the
+    advantages between captions.
 
     Args:
         renderer: a callable ``prompts -> images`` (uint8 (N, H, W, 3), PIL list or float (N, 3, H, W)), or a
@@ -154,6 +156,8 @@ class CLIPImageImageReward(_CaptionStimulusCosine):
             renderer and the CLIP model (refused if either differs from the ones it was fitted with).
         surrogate_render_fraction: expected fraction of each call's distinct captions still rendered (the count is
             rounded at random, so small fractions render some calls' captions and not others').
+        surrogate_check_batch: captions rendered together for the check (the queue is rendered when it holds
+            this many).
         surrogate_min_fidelity: warn when the running Spearman correlation (at least ``fidelity_window // 4``
             pairs) falls below this.
         fidelity_window: pairs kept for the running correlation.
@@ -167,7 +171,8 @@ class CLIPImageImageReward(_CaptionStimulusCosine):
                  clip: CLIPScorer | str = "ViT-L-14-quickgelu", pretrained: str | None = "openai", stimuli=None,
                  device: str | None = None, cache_size: int = 16384, render_cache: RenderCache | None = None,
                  render_surrogate: RenderSurrogate | str | None = None, surrogate_render_fraction: float = 0.01,
-                 surrogate_min_fidelity: float = 0.5, fidelity_window: int = 512, seed: int = 0):
+                 surrogate_check_batch: int = 16, surrogate_min_fidelity: float = 0.5, fidelity_window: int = 512,
+                 seed: int = 0):
         super().__init__(clip, pretrained, stimuli, device)
         self.cache = render_cache if render_cache is not None else RenderCache(cache_size)
         if not 0 <= surrogate_render_fraction <= 1:
@@ -189,7 +194,12 @@ class CLIPImageImageReward(_CaptionStimulusCosine):
         if self.surrogate is not None and isinstance(renderer, TextToImageRenderer):
             check_surrogate_renderer(self.surrogate, renderer)
         self.renderer = renderer
+        if isinstance(surrogate_check_batch, bool) or not isinstance(surrogate_check_batch, int) \
+                or surrogate_check_batch < 1:
+            raise ValueError(f"surrogate_check_batch must be an int >= 1, got {surrogate_check_batch!r}")
         self.surrogate_render_fraction = surrogate_render_fraction
+        self.surrogate_check_batch = surrogate_check_batch
+        self._check_queue: list[tuple[str, float, torch.Tensor]] = []  # (caption, surrogate reward, stimulus)
         self.surrogate_min_fidelity = surrogate_min_fidelity
         self.fidelity = FidelityWindow(fidelity_window)
         self.rng = np.random.default_rng(seed)
@@ -231,13 +241,23 @@ class CLIPImageImageReward(_CaptionStimulusCosine):
         for i, c in enumerate(captions):
             first_rows.setdefault(c, i)
         first = list(first_rows.values())
-        count = int(np.floor(self.surrogate_render_fraction * len(first) + self.rng.random()))
-        if count:
-            rows = sorted(self.rng.choice(first, size=min(count, len(first)), replace=False).tolist())
-            rendered = self.rendered_embeddings([captions[i] for i in rows]).to(stimulus_embeds.device)
-            self.fidelity.add(values[rows].cpu(), (rendered * stimulus_embeds[rows]).sum(-1).float().cpu())
-            self._check_fidelity()
+        count = min(int(np.floor(self.surrogate_render_fraction * len(first) + self.rng.random())), len(first))
+        for i in sorted(self.rng.choice(first, size=count, replace=False).tolist()) if count else []:
+            self._check_queue.append((captions[i], float(values[i]), stimulus_embeds[i]))
+        if len(self._check_queue) >= self.surrogate_check_batch:
+            self.check_surrogate()
         return values
+
+    def check_surrogate(self) -> None:
+        """Render the queued captions and add their (surrogate, rendered) reward pairs to the running fidelity."""
+        if not self._check_queue:
+            return
+        captions, predicted, stimuli = zip(*self._check_queue)
+        self._check_queue = []
+        stimuli = torch.stack(stimuli)
+        rendered = self.rendered_embeddings(list(captions)).to(stimuli.device)
+        self.fidelity.add(predicted, (rendered * stimuli).sum(-1).float().cpu())
+        self._check_fidelity()
 
     def _check_fidelity(self) -> None:
         summary = self.fidelity.summary()
