@@ -67,6 +67,7 @@ def fidelity(values: np.ndarray, reference: np.ndarray, num_samples: int) -> dic
 def sample_captions(model, tokenizer, rows, num_samples: int, seed: int, batch_size: int = 32) -> list[str]:
     """K sampled captions per row (temperature 1, the model's max_caption_tokens), K consecutive per row."""
     from fgb2i_hf.data.collate import BrainCaptionCollator
+    from fgb2i_hf.models.brain_prefix_gpt2 import decode_captions
 
     collator = BrainCaptionCollator(tokenizer, max_length=model.config.max_caption_tokens)
     torch.manual_seed(seed)
@@ -76,9 +77,7 @@ def sample_captions(model, tokenizer, rows, num_samples: int, seed: int, batch_s
         batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
         tokens = model.generate(betas=batch["betas"], subject=batch["subject"], do_sample=True,
                                 num_return_sequences=num_samples, eos_token_id=eos, pad_token_id=eos)
-        for row in tokens.tolist():
-            row = row[: row.index(eos)] if eos in row else row
-            out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        out.extend(decode_captions(tokens, tokenizer, eos))
     return out
 
 
@@ -112,7 +111,8 @@ def fit_or_load_surrogate(args, nsd_root: str, cache_dir: str):
     fitted = os.path.join(path, "config.json")
     if os.path.exists(fitted):
         print(f"[surrogate] reusing {path}", flush=True)
-        return path, json.load(open(os.path.join(path, "fit_report.json")))
+        with open(os.path.join(path, "fit_report.json")) as f:
+            return path, json.load(f)
     print(f"[surrogate] rendering {args.fit_captions} training captions and fitting into {path}", flush=True)
     return path, run_fit_reward_surrogate(script_args, fit_config)
 
@@ -122,6 +122,7 @@ def main(argv=None) -> dict:
 
     from fgb2i_hf import BrainPrefixGPT2
     from fgb2i_hf.clip import CLIPScorer
+    from fgb2i_hf.core import atomic_write_json
     from fgb2i_hf.data import NSDStimuli, load_nsd
     from fgb2i_hf.rewards import TextToImageRenderer, load_render_surrogate, text_embeddings
     from fgb2i_hf.simnsd import simulate_nsd
@@ -238,8 +239,7 @@ def main(argv=None) -> dict:
     print(f"\nReference reward: mean {reference.mean():.4f}, std {reference.std():.4f}. Surrogate fit: "
           f"{fit.get('captions')} captions, held-out cosine {fit.get('val_cosine', float('nan')):.3f}, held-out reward "
           f"Spearman {fit.get('val_reward_spearman', float('nan')):.3f}")
-    with open(os.path.join(args.output_dir, "reward_fidelity.json"), "w") as f:
-        json.dump(result, f, indent=2, default=str)
+    atomic_write_json(os.path.join(args.output_dir, "reward_fidelity.json"), result, default=str)
     return result
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import shutil
 import sys
@@ -105,6 +104,7 @@ def main(argv=None) -> dict:
     from transformers import AutoTokenizer
 
     from fgb2i_hf import BrainPrefixGPT2
+    from fgb2i_hf.core import atomic_write_json
     from fgb2i_hf.data import NSDStimuli, load_nsd
     from fgb2i_hf.rewards import CLIPImageImageReward, get_reward, load_render_surrogate
     from fgb2i_hf.rl import ReinforceConfig, ReinforceTrainer
@@ -256,8 +256,7 @@ def main(argv=None) -> dict:
     if surrogate_fit:
         print(f"\nSurrogate fitted here (one-off): {surrogate_fit['captions']} captions rendered in "
               f"{surrogate_fit['render_seconds']:.1f} s, fitted in {surrogate_fit['fit_seconds']:.1f} s")
-    with open(os.path.join(args.output_dir, "bench_rl_step.json"), "w") as f:
-        json.dump(result, f, indent=2, default=str)
+    atomic_write_json(os.path.join(args.output_dir, "bench_rl_step.json"), result, default=str)
     return result
 
 

@@ -22,7 +22,6 @@ rarely hits at temperature 1) for each option, and for the surrogate (``--fit-ca
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -65,6 +64,7 @@ def main(argv=None) -> dict:
     import open_clip
 
     from fgb2i_hf.clip import CLIPScorer
+    from fgb2i_hf.core import atomic_write_json
     from fgb2i_hf.models import RenderSurrogate, RenderSurrogateConfig
     from fgb2i_hf.rewards import TextToImageRenderer
 
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
                                        batch_size=max(int(b) for b in args.batch_sizes.split(",")), **settings)
         result["ms_per_image"][name] = {}
         for b in (int(b) for b in args.batch_sizes.split(",")):
-            ms = timed(lambda batch: scorer.encode_images(renderer.render(batch)), prompts[:b])
+            ms = timed(lambda batch, r=renderer: scorer.encode_images(r.render(batch)), prompts[:b])
             result["ms_per_image"][name][b] = ms
             print(f"{name:9s} batch {b:3d}: {ms:8.1f} ms per image (render + CLIP image)", flush=True)
         del pipe, renderer
@@ -132,9 +132,7 @@ def main(argv=None) -> dict:
         print(f"  {name:9s} {h:8.1f} h")
     print(f"  (surrogate: {fit:.1f} h fitting renders, {check:.1f} h checks of {args.check_fraction:.0%}; "
           f"{surrogate_ms:.3f} ms per sample; text {tuple(text.shape)})")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(args.output, result)
     return result
 
 
