@@ -152,3 +152,27 @@ def test_step_benchmark_splits_the_step_of_each_option(stage1, simnsd_root, nsd_
     assert result["options"]["surrogate"]["rendered_per_step"] <= 3
     assert result["options"]["surrogate"]["rendered_per_step"] < result["options"]["renderer"]["rendered_per_step"]
     assert result["surrogate_fit_here"]["captions"] == 24 and "surrogate_pairs" in result["options"]["surrogate"]["surrogate_log"]
+
+
+def test_gpu_cost_estimate_adds_up_its_flop_counts(tmp_path):
+    bench = _load("gpu_render_costs")
+    assert bench.unet_evaluations(dict(num_inference_steps=4, guidance_scale=7.5)) == 8  # guided: two per step
+    assert bench.unet_evaluations(dict(num_inference_steps=1, guidance_scale=0.0)) == 1
+    out = tmp_path / "estimate.json"
+    # 64 px keeps the meta-device count quick; nothing is computed, so the shapes alone set the figures
+    r = bench.main(["--estimate", "--size", "64", "--samples", "1000", "--fit-captions", "100", "--check-fraction",
+                    "0.1", "--calibration-seconds", "2.0", "--calibration-steps", "10", "--output", str(out)])
+    g = r["gflops"]
+    assert min(g.values()) == g["surrogate"] > 0  # the MLP is the cheapest part
+    per_image = r["gflops_per_image"]
+    assert per_image["renderer"] == pytest.approx(8 * g["unet sd1"] + g["vae decode"] + g["clip image"])
+    assert per_image["sd-turbo"] == pytest.approx(g["unet sd2"] + g["vae decode"] + g["clip image"])
+    throughput = (10 * 2 * g["unet sd1"] + g["vae decode"]) * 1e9 / 2.0
+    assert r["calibration_tflops_per_s"] == pytest.approx(throughput / 1e12)
+    ms = r["estimated_ms_per_image"]["renderer"]
+    assert ms == pytest.approx(1000 * per_image["renderer"] * 1e9 / throughput)
+    hours = r["estimated_stage2_image_reward_hours"]
+    assert hours["renderer"] == pytest.approx(1000 * ms / 3.6e6)
+    # the surrogate: 100 fitting renders + 10 % of 1000 samples checked, both at the renderer's cost, + its MLP
+    assert hours["surrogate"] == pytest.approx((100 + 100) * ms / 3.6e6, rel=1e-3)
+    assert json.loads(out.read_text())["estimated_stage2_image_reward_hours"] == pytest.approx(hours)
