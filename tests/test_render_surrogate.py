@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fgb2i_hf.data.contract import DataContract
 from fgb2i_hf.models import RenderSurrogate, RenderSurrogateConfig
 from fgb2i_hf.rewards import (CLIPImageImageReward, SurrogateFitConfig, TextToImageRenderer, clip_identity,
                               fit_render_surrogate, load_render_surrogate, spearman, text_embeddings)
@@ -175,6 +176,8 @@ def test_fit_driver_saves_a_surrogate_that_records_its_renderer(fitted):
     assert saved["renderer"]["settings"]["pretrained"] == "simnsd/diffusion"
     assert saved["renderer"]["settings"]["num_inference_steps"] == 1 and saved["clip"]["name"] == "simnsd/clip"
     assert saved["fit"]["versions"]["fgb2i_hf"] and json.load(open(os.path.join(path, "fit_report.json")))["captions"] == 40
+    contract = DataContract.load(path)  # the rows whose captions were rendered: training images only
+    assert contract.validation_fraction > 0 and set(contract.subjects) <= {"subj01", "subj02", "subj05", "subj07"}
 
 
 def test_renderings_are_resumed_only_for_the_same_renderer_and_captions(fitted, tmp_path):

@@ -5,7 +5,8 @@ the first ``max_captions``) with the chosen renderer, embeds renderings and capt
 fits :class:`~fgb2i_hf.models.RenderSurrogate` (``fgb2i_hf.rewards.fit_render_surrogate``; a tenth of the images
 held out) and saves it to ``output_dir`` (safetensors + ``config.json`` recording the renderer's identity, the CLIP
 model's, the fit's report and the library versions). The RL run loads it with ``image_reward: surrogate`` and
-``surrogate_path: <output_dir>``, and refuses it for another renderer or CLIP.
+``surrogate_path: <output_dir>``, and refuses it for another renderer or CLIP. The folder
+also holds the ``data_contract.json`` of the rows whose captions were rendered (training images only).
 
 Rendering is the cost (one render per caption, once); it is kept in ``<output_dir>.renders.safetensors`` every
 ``save_every`` captions, so a killed fit resumes where it stopped (the file records renderer, CLIP and the captions
@@ -138,8 +139,8 @@ def run_fit_reward_surrogate(script_args: SurrogateScriptArguments, fit_config) 
     device = torch.device(script_args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     options = {k: v for k, v in dict(sessions=script_args.sessions, fine_captions=script_args.fine_captions).items()
                if v is not None}
-    train = load_nsd(script_args.nsd_root, subjects=script_args.subjects, cache_dir=script_args.cache_dir,
-                     **options)["train"]
+    data = load_nsd(script_args.nsd_root, subjects=script_args.subjects, cache_dir=script_args.cache_dir, **options)
+    train = data["train"]  # training images only: never a validation or test image (data_contract.json says which)
     captions, nsd_ids = training_captions(train, script_args.caption_columns, fit_config.seed, script_args.max_captions)
     scorer = load_clip(script_args, device)
     renderer = build_renderer(script_args, script_args.renderer_kind, device)
@@ -164,5 +165,6 @@ def run_fit_reward_surrogate(script_args: SurrogateScriptArguments, fit_config) 
     scratch = scratch_folder(script_args.output_dir)
     model.save_pretrained(scratch)
     atomic_write_json(os.path.join(scratch, "fit_report.json"), report)
+    data.data_contract.save(scratch)
     publish_folder(scratch, script_args.output_dir)
     return report
