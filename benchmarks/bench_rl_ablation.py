@@ -121,12 +121,14 @@ def build_clip(name: str, seed: int):
     return CLIPScorer.from_pretrained(name, pretrained=pretrained)
 
 
-def build_renderer(name: str, seed: int, steps: int = 2, guidance: float = 7.5, size: int | None = None):
+def build_renderer(name: str, seed: int, steps: int = 2, guidance: float = 7.5, size: int | None = None,
+                   batch_size: int = 128, **settings):
     """A :class:`TextToImageRenderer`: ``random-tiny`` (a random 32 px Stable Diffusion; ``size`` 16 renders 8x8
-    latents, 4x cheaper) or a diffusers name/folder."""
+    latents, 4x cheaper) or a diffusers name/folder; ``settings``: more ``RendererSettings`` fields (``scheduler``)."""
     from fgb2i_hf.rewards import TextToImageRenderer
 
-    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, height=size, width=size, seed=seed)
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, height=size, width=size, seed=seed,
+                  batch_size=batch_size, **settings)
     if name == RANDOM_TINY:
         from diffusers import StableDiffusionPipeline
 
@@ -134,7 +136,7 @@ def build_renderer(name: str, seed: int, steps: int = 2, guidance: float = 7.5, 
 
         pipeline = StableDiffusionPipeline(**tiny_sd_components(seed), safety_checker=None, feature_extractor=None,
                                            requires_safety_checker=False)
-        return TextToImageRenderer(pipeline, batch_size=128, **kwargs)
+        return TextToImageRenderer(pipeline, pretrained=RANDOM_TINY, **kwargs)
     return TextToImageRenderer(name, **kwargs)
 
 

@@ -8,11 +8,14 @@ from transformers import AutoConfig, AutoModel
 
 from .models import BrainPrefixGPT2, BrainPrefixGPT2Config
 from .models.mindeye import MindEyeConfig, MindEyeModel
+from .models.render_surrogate import RenderSurrogate, RenderSurrogateConfig
 
 AutoConfig.register(BrainPrefixGPT2Config.model_type, BrainPrefixGPT2Config, exist_ok=True)
 AutoModel.register(BrainPrefixGPT2Config, BrainPrefixGPT2, exist_ok=True)
 AutoConfig.register(MindEyeConfig.model_type, MindEyeConfig, exist_ok=True)
 AutoModel.register(MindEyeConfig, MindEyeModel, exist_ok=True)
+AutoConfig.register(RenderSurrogateConfig.model_type, RenderSurrogateConfig, exist_ok=True)
+AutoModel.register(RenderSurrogateConfig, RenderSurrogate, exist_ok=True)
 
 _SUBMODULES = ("captions", "clip", "core", "data", "decoders", "drivers", "evaluation", "metrics", "models",
                "pipelines", "rewards", "rl", "simnsd", "testing", "tiny", "tokenization", "training", "visualization")

@@ -38,3 +38,20 @@ def test_image_inputs_agree_across_formats():
 def test_missing_folder_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
         CLIPScorer.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["tiny", "simnsd/clip"])
+def test_text_embeddings_on_the_trimmed_context_equal_the_full_contexts(name):
+    """encode_text runs the causal text tower only up to the batch's last end-of-text token; the padding after it
+    cannot change the pooled embedding, so the result equals open_clip's full-context encode_text up to float
+    rounding (different matrix shapes: not bit-equal by construction, hence a tolerance)."""
+    torch.manual_seed(0)
+    scorer = CLIPScorer.from_config(TINY) if name == "tiny" else CLIPScorer.from_pretrained(name)
+    texts = ["a dog", "two people riding bicycles down a busy street past a red bus", "x", ""]
+    tokens = scorer.tokenize(texts)
+    length = int(tokens.argmax(-1).max()) + 1
+    assert length < tokens.shape[1]  # the trimmed path runs on fewer positions
+    with torch.no_grad():
+        full = scorer.model.encode_text(tokens, normalize=True)
+    torch.testing.assert_close(scorer.encode_text(texts), full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scorer.encode_text(texts[:1]), full[:1], atol=1e-5, rtol=1e-4)  # trimmed to 3 positions

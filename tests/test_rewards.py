@@ -137,11 +137,32 @@ def test_clip_image_image_renders_each_caption_once_and_keeps_the_values(scorer,
     np.testing.assert_allclose(again[::-1], first, rtol=1e-6)
     rendered.clear()
     np.testing.assert_allclose(uncached(captions, nsd_id=ids), first, rtol=1e-5, atol=1e-6)
-    assert rendered == captions  # no cache: every completion rendered
+    assert rendered == ["a dog", "a red car"]  # no cache: still each distinct caption of a call once
+    uncached(captions, nsd_id=ids)
+    assert rendered == ["a dog", "a red car"] * 2  # ...but again in the next call
     rendered.clear()
     cached(["a cat"], nsd_id=[3])  # evicts the least recently used ("a red car"; "a dog" was used last)
-    assert list(cached.rendered) == ["a dog", "a cat"]
+    assert [key[0] for key in cached.cache.entries] == ["a dog", "a cat"]
     cached(["a red car"], nsd_id=[3])
     assert rendered == ["a cat", "a red car"]
     with pytest.raises(ValueError, match="cache_size"):
         CLIPImageImageReward(renderer=renderer, clip=scorer, cache_size=-1)
+
+
+def test_the_clip_rewards_embed_each_caption_once_per_model(scorer, stimuli):
+    """clip_text_image and a surrogate-mode clip_image_image both need CLIP_text of the same samples: the text
+    embeddings are cached per (CLIP model, caption), so a step embeds each distinct caption once."""
+    from fgb2i_hf.rewards import text_embeddings
+
+    calls = []
+    original = scorer.encode_text
+    scorer.encode_text = lambda texts, **kw: calls.append(list(texts)) or original(texts, **kw)
+    try:
+        reward = CLIPTextImageReward(clip=scorer, stimuli=stimuli)
+        first = reward(["a blue kite", "a green kite", "a blue kite"], nsd_id=[3, 7, 11])
+        again = text_embeddings(scorer, ["a green kite", "a blue kite"])
+    finally:
+        scorer.encode_text = original
+    assert calls == [["a blue kite", "a green kite"]]  # the repeated caption and the second call: no new embedding
+    assert first[0] != pytest.approx(first[2])  # one caption, two stimuli: two scores
+    torch.testing.assert_close(again, original(["a green kite", "a blue kite"]), atol=1e-6, rtol=1e-5)

@@ -127,17 +127,52 @@ def test_ablation_end_to_end_writes_the_table(ablation, stage1, simnsd_root, nsd
     assert "random tiny weights" in markdown
 
 
-def test_step_benchmark_splits_the_step(stage1, simnsd_root, nsd_cache_dir, tmp_path):
+def test_step_benchmark_splits_the_step_of_each_option(stage1, simnsd_root, nsd_cache_dir, tmp_path):
     bench = _load("bench_rl_step")
     result = bench.main(["--checkpoint", stage1, "--nsd-root", simnsd_root, "--cache-dir", nsd_cache_dir,
-                         "--output-dir", str(tmp_path), "--subjects", ",".join(SUBJECTS), "--steps", "2", "--warmup", "1", "--batch-size", "4",
-                         "--num-samples", "2", "--render-steps", "1", "--render-size", "16"])
-    ms = result["ms_per_step"]
+                         "--output-dir", str(tmp_path), "--subjects", ",".join(SUBJECTS), "--steps", "2", "--warmup", "1",
+                         "--batch-size", "4", "--num-samples", "2", "--render-steps", "1", "--render-size", "16",
+                         "--surrogate-captions", "24", "--surrogate-render-fraction", "0.25",
+                         "--surrogate-check-batch", "2"])
+    assert list(result["options"]) == ["floor", "renderer", "distilled", "surrogate"]
     parts = ["sampling (generate)", "reward object_accuracy", "reward clip_text_image", "reward clip_image_image",
              "forward + backward + optimiser"]
-    assert all(ms[p] > 0 for p in parts)
-    assert sum(ms[p] for p in parts) <= ms["total"] * 1.0001  # the parts are inside the step
-    rewards = sum(ms[p] for p in parts if p.startswith("reward"))
-    assert result["reward_fraction"] == pytest.approx(rewards / ms["total"])
-    assert result["ce_step_ms"] > 0 and result["rl_over_ce"] == pytest.approx(ms["total"] / result["ce_step_ms"])
-    assert np.isclose(sum(result["percent"].values()), 100 * sum(ms[p] for p in parts) / ms["total"])
+    for option, r in result["options"].items():
+        ms = r["ms_per_step"]
+        own = parts if option != "floor" else [parts[0], parts[-1]]
+        assert set(ms) == {*own, "total"} and all(ms[p] > 0 for p in own), option
+        assert sum(ms[p] for p in own) <= ms["total"] * 1.0001, option  # the parts are inside the step
+        rewards = sum(ms[p] for p in own if p.startswith("reward"))
+        assert r["reward_fraction"] == pytest.approx(rewards / ms["total"])
+        assert r["ce_step_ms"] > 0 and r["rl_over_ce"] == pytest.approx(ms["total"] / r["ce_step_ms"])
+        assert np.isclose(sum(r["percent"].values()), 100 * sum(ms[p] for p in own) / ms["total"])
+    assert result["options"]["renderer"]["rendered_per_step"] > 0 and result["options"]["floor"]["rendered_per_step"] == 0
+    # the surrogate queues a quarter of each step's distinct captions (8 samples: at most 2) and renders the queue
+    # when it holds 2 (--surrogate-check-batch): at most 1 left over + 2 new = 3 in a step; and logs how they agree
+    assert result["options"]["surrogate"]["rendered_per_step"] <= 3
+    assert result["options"]["surrogate"]["rendered_per_step"] < result["options"]["renderer"]["rendered_per_step"]
+    assert result["surrogate_fit_here"]["captions"] == 24 and "surrogate_pairs" in result["options"]["surrogate"]["surrogate_log"]
+
+
+def test_gpu_cost_estimate_adds_up_its_flop_counts(tmp_path):
+    bench = _load("gpu_render_costs")
+    assert bench.unet_evaluations(dict(num_inference_steps=4, guidance_scale=7.5)) == 8  # guided: two per step
+    assert bench.unet_evaluations(dict(num_inference_steps=1, guidance_scale=0.0)) == 1
+    out = tmp_path / "estimate.json"
+    # 64 px keeps the meta-device count quick; nothing is computed, so the shapes alone set the figures
+    r = bench.main(["--estimate", "--size", "64", "--samples", "1000", "--fit-captions", "100", "--check-fraction",
+                    "0.1", "--calibration-seconds", "2.0", "--calibration-steps", "10", "--output", str(out)])
+    g = r["gflops"]
+    assert min(g.values()) == g["surrogate"] > 0  # the MLP is the cheapest part
+    per_image = r["gflops_per_image"]
+    assert per_image["renderer"] == pytest.approx(8 * g["unet sd1"] + g["vae decode"] + g["clip image"])
+    assert per_image["sd-turbo"] == pytest.approx(g["unet sd2"] + g["vae decode"] + g["clip image"])
+    throughput = (10 * 2 * g["unet sd1"] + g["vae decode"]) * 1e9 / 2.0
+    assert r["calibration_tflops_per_s"] == pytest.approx(throughput / 1e12)
+    ms = r["estimated_ms_per_image"]["renderer"]
+    assert ms == pytest.approx(1000 * per_image["renderer"] * 1e9 / throughput)
+    hours = r["estimated_stage2_image_reward_hours"]
+    assert hours["renderer"] == pytest.approx(1000 * ms / 3.6e6)
+    # the surrogate: 100 fitting renders + 10 % of 1000 samples checked, both at the renderer's cost, + its MLP
+    assert hours["surrogate"] == pytest.approx((100 + 100) * ms / 3.6e6, rel=1e-3)
+    assert json.loads(out.read_text())["estimated_stage2_image_reward_hours"] == pytest.approx(hours)

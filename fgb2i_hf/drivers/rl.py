@@ -18,10 +18,15 @@ from ..data.contract import SHARED_FIELDS, ContractError, DataContract
 from ..data.collate import CAPTION_COLUMNS
 from ..data.layout import subject_list
 from ..rewards import RewardResources
+from .render_args import (IMAGE_REWARD_KINDS, RenderArguments, build_renderer, load_clip,
+                          load_surrogate_and_renderer)
 
 
 @dataclass
-class RLScriptArguments:
+class RLScriptArguments(RenderArguments):
+    """The run's data, model, evaluation and rewards' resources; the CLIP and renderer fields are
+    :class:`~fgb2i_hf.drivers.render_args.RenderArguments` (shared with the surrogate fit)."""
+
     model_name_or_path: str = field(default=None, metadata={"help": "Stage-1 checkpoint folder (model + tokenizer)."})
     nsd_root: str = field(default=None, metadata={"help": "NSD (or SimNSD) root in the raw layout."})
     subjects: list[str] = field(default_factory=lambda: ["subj01", "subj02", "subj05", "subj07"],
@@ -32,11 +37,10 @@ class RLScriptArguments:
     fine_captions: str | None = field(default=None, metadata={"help": "Fine-captions JSONL (default: the builder's)."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
     max_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
-    clip_model: str = field(default="ViT-L-14-quickgelu", metadata={"help": "CLIP for the CLIP rewards (name or folder)."})
-    clip_pretrained: str | None = field(default="openai", metadata={"help": "open_clip pretrained tag."})
-    renderer: str = field(default="CompVis/stable-diffusion-v1-4",
-                          metadata={"help": "Text-to-image pipeline of clip_image_image (name or folder)."})
-    render_steps: int = field(default=4, metadata={"help": "Denoising steps of the renderer."})
+    image_reward: str = field(default="surrogate", metadata={
+        "help": f"How clip_image_image embeds a caption's rendering: one of {IMAGE_REWARD_KINDS} (docs/rl.md)."})
+    surrogate_path: str | None = field(default=None, metadata={
+        "help": "Fitted render surrogate folder (image_reward: surrogate), from recipes/fit_reward_surrogate.py."})
     eval_split: str = field(default="test", metadata={"help": "Split decoded and scored after training ('' to skip)."})
     eval_references: str = field(default="fine_captions", metadata={"help": "References of the caption metrics."})
     eval_max_rows: int | None = field(default=None, metadata={"help": "Score only the first N rows of the eval split."})
@@ -44,38 +48,45 @@ class RLScriptArguments:
     def __post_init__(self):
         """Checked when parsed, before any data is built: `subjects: subj01` is one subject (not its characters)."""
         self.subjects = subject_list(self.subjects)
-        for name in ("sessions", "max_train_rows", "eval_max_rows", "render_steps"):
+        for name in ("sessions", "max_train_rows", "eval_max_rows"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be >= 1, got {value!r}")
+        self.check_render_arguments()
+        if self.image_reward not in IMAGE_REWARD_KINDS:
+            raise ValueError(f"image_reward must be one of {IMAGE_REWARD_KINDS}, got {self.image_reward!r}")
         if self.eval_references not in CAPTION_COLUMNS:
             raise ValueError(f"eval_references must be one of {CAPTION_COLUMNS}, got {self.eval_references!r}")
 
 
-def _load_clip(script_args: RLScriptArguments, device):
-    from ..clip import CLIPScorer
-
-    with loading_config_field("clip_model", script_args.clip_model):
-        return CLIPScorer.from_pretrained(script_args.clip_model, pretrained=script_args.clip_pretrained, device=device)
-
-
 def reward_resources(script_args: RLScriptArguments) -> RewardResources:
     """What this run can offer the rewards, each built only if a configured reward declares it needs it: the
-    stimuli, the CLIP model and the text-to-image renderer (float16 on a GPU), all on the trainer's ``device``."""
+    stimuli, the CLIP model, the text-to-image renderer (float16 on a GPU) and, with ``image_reward: surrogate``, the
+    render surrogate (and the renderer it was fitted on, for the samples still rendered), all on the trainer's
+    ``device``."""
     import torch
 
     from ..data import NSDStimuli
-    from ..rewards import TextToImageRenderer
+
+    surrogate_and_renderer = {}
+
+    def surrogate_pair(resources):
+        if not surrogate_and_renderer:
+            surrogate_and_renderer["pair"] = load_surrogate_and_renderer(
+                script_args, script_args.surrogate_path, resources.get("clip"), torch.device(resources.get("device")))
+        return surrogate_and_renderer["pair"]
 
     def renderer(resources):
-        device = torch.device(resources.get("device"))
-        dtype = torch.float16 if device.type == "cuda" else torch.float32  # half precision only where it is fast
-        return TextToImageRenderer(script_args.renderer, num_inference_steps=script_args.render_steps,
-                                   device=device, dtype=dtype)
+        if script_args.image_reward == "surrogate":
+            return surrogate_pair(resources)[1]
+        return build_renderer(script_args, script_args.image_reward, torch.device(resources.get("device")))
 
-    return RewardResources(stimuli=lambda resources: NSDStimuli(script_args.nsd_root),
-                           clip=lambda resources: _load_clip(script_args, resources.get("device")),
-                           renderer=renderer)
+    factories = dict(stimuli=lambda resources: NSDStimuli(script_args.nsd_root),
+                     clip=lambda resources: load_clip(script_args, resources.get("device")),
+                     renderer=renderer)
+    if script_args.image_reward == "surrogate":
+        factories["render_surrogate"] = lambda resources: surrogate_pair(resources)[0]
+    return RewardResources(**factories)
 
 
 def data_options(script_args: RLScriptArguments, upstream: DataContract | None) -> dict:

@@ -17,6 +17,7 @@ reward exactly what it declares, built on first use, so nothing outside a reward
     clip     a ``fgb2i_hf.clip.CLIPScorer`` (shared by the CLIP rewards)
     stimuli  ``nsd_id -> uint8 (H, W, 3)`` stimulus images (``fgb2i_hf.data.NSDStimuli``)
     renderer ``prompts -> images``, a text-to-image renderer (``TextToImageRenderer``)
+    render_surrogate  a fitted ``RenderSurrogate`` (offered only with ``image_reward: surrogate``)
     device   the device the reward's models run on (``accelerator.device``)
 """
 

@@ -292,14 +292,19 @@ class ReinforceTrainer:
         return [get_reward(name, resources=resources, **self.config.reward_kwargs.get(name, {}))
                 for name in self.config.rewards]
 
-    def score(self, completions: list[str], columns: dict[str, list], repeats: int) -> dict[str, np.ndarray]:
-        """Every reward on ``completions``; ``columns`` hold one value per brain, repeated ``repeats`` times."""
+    def score(self, completions: list[str], columns: dict[str, list], repeats: int,
+              logs: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        """Every reward on ``completions``; ``columns`` hold one value per brain, repeated ``repeats`` times. A reward
+        with a ``log_values()`` method (e.g. ``clip_image_image``: captions rendered, surrogate fidelity) adds its
+        values to ``logs`` as ``reward/<name>/<key>``."""
         repeated = {k: [v for v in values for _ in range(repeats)] for k, values in columns.items()}
         out = {}
         for name, fn in zip(self.config.rewards, self.reward_fns):
             start = time.perf_counter()
             out[name] = call_reward(name, fn, completions, **repeated)
             self.timings[f"reward/{name}"].append(time.perf_counter() - start)
+            if logs is not None and callable(getattr(fn, "log_values", None)):
+                logs.update({f"reward/{name}/{k}": float(v) for k, v in fn.log_values().items()})
         return out
 
     # -- one step -----------------------------------------------------------------------------------------
@@ -323,10 +328,10 @@ class ReinforceTrainer:
         self.timings["sampling"].append(time.perf_counter() - start)
 
         completions = decode_captions(samples, self.tokenizer, eos)
-        rewards = self.score(completions, columns, k)
+        logs: dict[str, float] = {}
+        rewards = self.score(completions, columns, k, logs)
         greedy_rewards = self.score(decode_captions(greedy_tokens, self.tokenizer, eos), columns, 1) if greedy_tokens is not None else {}
         advantage = np.zeros(len(completions))
-        logs: dict[str, float] = {}
         for w, name in zip(self.reward_weights, cfg.rewards):
             a = advantages(rewards[name], k, cfg.baseline, greedy_rewards.get(name))
             advantage += w * a
