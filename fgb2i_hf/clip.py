@@ -17,6 +17,7 @@ device.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from typing import Sequence
@@ -24,7 +25,9 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+from transformers import CLIPTokenizer
 
 from .core import atomic_write_json, resolve_pretrained, save_safetensors_atomic
 
@@ -60,10 +63,8 @@ def images_to_tensor(images) -> torch.Tensor:
 def openai_clip_tokenizer(model_max_length: int = 77):
     """OpenAI CLIP's BPE tokenizer (49,408 tokens) as a transformers ``CLIPTokenizer``, built offline from the
     vocabulary open_clip ships (hf-gotchas §6): content ids equal ``open_clip.get_tokenizer("ViT-L-14")``'s."""
-    import gzip
-
+    # imported here: open_clip is a heavy import, needed only on this path
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    from transformers import CLIPTokenizer
 
     merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in merges]
@@ -90,6 +91,7 @@ class CLIPScorer(nn.Module):
     @classmethod
     def from_config(cls, config: dict, quick_gelu: bool = True, name: str | None = None) -> "CLIPScorer":
         """Random weights from an open_clip config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``)."""
+        # imported here: open_clip is a heavy import, needed only on this path
         from open_clip.model import CLIP
         from open_clip.tokenizer import SimpleTokenizer
 
@@ -114,10 +116,10 @@ class CLIPScorer(nn.Module):
             with open(config_file) as f:
                 config = json.load(f)
             scorer = cls.from_config(config, name=name_or_path)
-            from safetensors.torch import load_file
 
             scorer.model.load_state_dict(load_file(os.path.join(path, WEIGHTS_NAME)))
         else:
+            # imported here: open_clip is a heavy import, needed only on this path
             import open_clip
 
             model, _, preprocess = open_clip.create_model_and_transforms(path, pretrained=pretrained)
@@ -157,6 +159,7 @@ class CLIPScorer(nn.Module):
         return torch.cat(out).float() if out else torch.zeros(0, self.embed_dim, device=self.device)
 
     def _causal_argmax_text_tower(self) -> bool:
+        # imported here: open_clip is a heavy import, needed only on this path
         from open_clip.model import CLIP
 
         model = self.model

@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import atomic_write_json, atomic_write_text, betas_tensor
+from .metrics import MeteorScorer, caption_metrics, format_table, object_metrics
+from .rewards import call_reward
 
 CONTROL_ROW = "shuffled-brain control"
 MODEL_ROW = "brain"
@@ -82,9 +84,6 @@ def caption_report(predictions: list[str], dataset, references: str = "fine_capt
     ``metrics``: caption metric names (``fgb2i_hf.metrics.CAPTION_METRICS``; METEOR starts a ~10 s jar unless an
     open ``meteor`` scorer is passed); ``tokenizer``: the PTB tokenizer backend of ``caption_metrics``.
     """
-    from .metrics import caption_metrics, object_metrics
-    from .rewards import call_reward
-
     if len(predictions) != len(dataset):
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} rows")
     report: dict[str, float] = {}
@@ -123,8 +122,6 @@ class ControlledEvaluation:
     def markdown(self, digits: int = 4) -> str:
         """The table (control as baseline: brain rows show their deltas), then one pair of rows per subject, each
         subject's brain row against its own control."""
-        from .metrics import format_table
-
         text = format_table(self.rows, baseline=CONTROL_ROW, digits=digits)
         if self.subject_rows:
             lines: list[str] = []
@@ -154,8 +151,6 @@ def evaluate_with_control(model, tokenizer, dataset, references: str = "fine_cap
                           meteor=None, progress: bool = True, **generation_kwargs: Any) -> ControlledEvaluation:
     """Decode ``dataset`` from its brains and from shuffled brains (same model, same decoding) and score both
     (``per_subject``: also each subject's rows on their own)."""
-    from .metrics import MeteorScorer
-
     predictions = decode_dataset(model, tokenizer, dataset, batch_size=batch_size, progress=progress,
                                  **generation_kwargs)
     control = decode_dataset(model, tokenizer, dataset, batch_size=batch_size, shuffle_betas=True, seed=seed,

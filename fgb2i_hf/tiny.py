@@ -20,12 +20,28 @@ import functools
 import os
 
 import torch
-from transformers import GPT2Config
+from tokenizers import Tokenizer
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPVisionConfig,
+    GPT2Config,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
 
-from .clip import openai_clip_tokenizer
+from .clip import CLIPScorer, openai_clip_tokenizer
 from .core import TINY_RANDOM
+from .decoders.targets import BrainDiffuserTargetExtractor, LDMTargetExtractor
+from .decoders.vdvae_targets import VDVAETargetExtractor
 from .models import BrainPrefixGPT2, BrainPrefixGPT2Config
-from .tokenization import train_caption_tokenizer
+from .models.mindeye import MindEyeConfig, MindEyeModel
+from .models.vdvae import VDVAEModel
+from .tokenization import EOS_TOKEN, train_caption_tokenizer
 
 CAPTIONS = (
     "a man riding a wave on top of a surfboard.",
@@ -58,11 +74,6 @@ def _cached_tokenizer_json(vocab_size: int) -> str:
 
 def tiny_caption_tokenizer(vocab_size: int = 384):
     """A byte-level BPE tokenizer trained on ``CAPTIONS`` (eos = bos = ``<|endoftext|>`` = id 0, no pad token)."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    from .tokenization import EOS_TOKEN
-
     return PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_cached_tokenizer_json(vocab_size)),
         bos_token=EOS_TOKEN,
@@ -134,8 +145,8 @@ def tiny_llava_tokenizer():
     Words outside the small vocabulary map to ``<unk>`` (the prompt's "USER:" included); punctuation is split off
     ('.' and ',' are words) so generated text has sentence ends.
     """
+    # imported here: the name is bound otherwise at module level
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
     vocab = {t: i for i, t in enumerate(specials + list(dict.fromkeys(_TINY_LLAVA_WORDS)))}
@@ -155,9 +166,6 @@ def tiny_llava(seed: int = 0, image_size: int = 28, patch_size: int = 14, hidden
     dropped by ``vision_feature_select_strategy="default"``, as in LLaVA-1.5: 24 x 24 = 576 there, 2 x 2 = 4 with
     the defaults here), which is what the model's vision tower produces. Returns ``(model, processor)``.
     """
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
-
     tokenizer = tiny_llava_tokenizer()
     vocab_size = len(tokenizer)
     vision = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=layers,
@@ -204,14 +212,13 @@ def tiny_clip_tokenizer():
 
 
 def _tiny_clip_text_config(dim: int):
-    from transformers import CLIPTextConfig
-
     return CLIPTextConfig(hidden_size=dim, intermediate_size=2 * dim, num_attention_heads=4, num_hidden_layers=2,
                           vocab_size=49408, max_position_embeddings=77, projection_dim=dim,
                           bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
 
 def _tiny_vae():
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
@@ -221,6 +228,7 @@ def _tiny_vae():
 
 def tiny_ddim_scheduler():
     """DDIM with SD v1's training schedule (scaled-linear betas 0.00085..0.012, steps_offset 1)."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -235,8 +243,8 @@ def _tiny_unet_kwargs(dim: int) -> dict:
 def tiny_sd_components(seed: int = 0, dim: int = TINY_CROSS_ATTENTION_DIM) -> dict:
     """``vae, text_encoder, tokenizer, unet, scheduler`` of a random SD v1-shaped model (32 px images, 16x16
     latents, CLIP text width ``dim``), for ``StableDiffusion*Pipeline`` or ``FgB2ILDMPipeline``."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -253,10 +261,15 @@ def tiny_vd_components(seed: int = 0, dim: int = TINY_CROSS_ATTENTION_DIM, visio
     image_encoder, image_unet, text_unet, vae, scheduler``. The CLIP vision tower sees 32 px images in
     2 px patches, so it returns 257 tokens like VD's ViT-L/14 at 224 px (``vision_patch_size=4``: 65 tokens);
     text contexts have 77 tokens."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import UNet2DConditionModel
     from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
-    from transformers import (CLIPImageProcessor, CLIPTextModelWithProjection, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     torch.manual_seed(seed)
     image_unet = UNet2DConditionModel(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -282,8 +295,6 @@ TINY_CLIP_CONFIG = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, w
 
 def tiny_clip_scorer():
     """A random tiny ``CLIPScorer`` (``fgb2i_hf.clip``), e.g. for the CLIP column with random feature models."""
-    from .clip import CLIPScorer
-
     return CLIPScorer.from_config(TINY_CLIP_CONFIG)
 
 
@@ -291,8 +302,6 @@ def tiny_clip_scorer():
 # --- target extractors (decoders) ------------------------------------------------------------------------
 
 def _text_config(width: int):
-    from transformers import CLIPTextConfig
-
     return CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                           num_attention_heads=4, max_position_embeddings=77, projection_dim=width)
 
@@ -300,10 +309,9 @@ def _text_config(width: int):
 def tiny_ldm_extractor(model_seed: int = 0, width: int = 32, image_size: int = 32, **kwargs):
     """SD-shaped components: a VAE with 4 latent channels and one downsampling (z: 4 x s/2 x s/2), and a
     ``width``-wide CLIP text encoder (c: 77 x width)."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel
 
-    from .decoders.targets import LDMTargetExtractor
 
     with torch.random.fork_rng():
         torch.manual_seed(model_seed)
@@ -319,10 +327,14 @@ def tiny_brain_diffuser_extractor(model_seed: int = 0, width: int = 32, image_si
                                   **kwargs):
     """VD-shaped components: CLIP text with projection (77 x width) and CLIP vision with projection at
     ``image_size`` px, patch 4 (clip_vision: (image_size/4)^2 + 1 tokens x width)."""
-    from transformers import (CLIPImageProcessor, CLIPTextModelWithProjection, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+    # imported here: the name is bound otherwise at module level
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
-    from .decoders.targets import BrainDiffuserTargetExtractor
 
     with torch.random.fork_rng():
         torch.manual_seed(model_seed)
@@ -346,8 +358,6 @@ TINY_VDVAE_CONFIG = dict(image_size=16, width=8, zdim=2, enc_blocks="16x1,16d2,8
 
 def tiny_vdvae(seed: int = 0, **_):
     """A random tiny ``VDVAEModel`` (``TINY_VDVAE_CONFIG``) in eval mode."""
-    from .models.vdvae import VDVAEModel
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return VDVAEModel(**TINY_VDVAE_CONFIG).eval()
@@ -355,8 +365,6 @@ def tiny_vdvae(seed: int = 0, **_):
 
 def tiny_vdvae_extractor(model_seed: int = 0, **kwargs):
     """Brain-Diffuser's low-level target (``"vdvae"``) from :func:`tiny_vdvae`."""
-    from .decoders.vdvae_targets import VDVAETargetExtractor
-
     kwargs.pop("revision", None)
     return VDVAETargetExtractor(tiny_vdvae(model_seed), name_or_path=TINY_RANDOM, **kwargs)
 
@@ -365,8 +373,6 @@ def tiny_mindeye(seed: int = 0, voxel_counts: dict | None = None, backbone: dict
                  clip_tokens: int | None = None, clip_dim: int | None = None):
     """A random tiny ``MindEyeModel`` whose prior predicts the image context of ``backbone`` (a dict of Versatile
     Diffusion components: tokens and width from its ``image_encoder``), or ``clip_tokens`` x ``clip_dim``."""
-    from .models.mindeye import MindEyeConfig, MindEyeModel
-
     if backbone is not None and backbone.get("image_encoder") is not None:
         vision = backbone["image_encoder"].config
         clip_tokens = clip_tokens or (vision.image_size // vision.patch_size) ** 2 + 1

@@ -10,11 +10,13 @@ their deltas; per subject). Settings: ``fgb2i_hf.drivers.caption_eval.EvaluateCa
 
 from __future__ import annotations
 
+from fgb2i_hf.drivers.caption_eval import EvaluateCaptionsArguments, evaluate_captions
+
 
 def main(argv=None):
+    # imported here: trl is a heavy import, needed only on this path
     from trl import TrlParser
 
-    from fgb2i_hf.drivers.caption_eval import EvaluateCaptionsArguments, evaluate_captions
 
     (args,) = TrlParser((EvaluateCaptionsArguments,)).parse_args_and_config(args=argv)
     result = evaluate_captions(args)

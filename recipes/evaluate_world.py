@@ -15,6 +15,12 @@ from dataclasses import dataclass, field
 
 from trl import TrlParser
 
+from fgb2i_hf.clip import CLIPScorer
+from fgb2i_hf.core import atomic_write_json, resolve_pretrained
+from fgb2i_hf.simnsd.world.data import load_world_data, simulate_world_nsd
+from fgb2i_hf.simnsd.world.diffusion import sample_grid
+from fgb2i_hf.simnsd.world.evaluate import evaluate_world, retrieval_figure
+
 
 @dataclass
 class EvaluateWorldConfig:
@@ -50,9 +56,6 @@ def lines(figures: dict) -> list[str]:
 
 def main(argv=None):
     (config,) = TrlParser((EvaluateWorldConfig,)).parse_args_and_config(argv)
-    from fgb2i_hf.core import atomic_write_json, resolve_pretrained
-    from fgb2i_hf.simnsd.world.data import load_world_data, simulate_world_nsd
-    from fgb2i_hf.simnsd.world.evaluate import evaluate_world, retrieval_figure
 
     nsd_root = config.nsd_root or simulate_world_nsd(os.path.join(config.work_dir, "simnsd"), 0)
     cache_dir = os.path.join(config.work_dir, "datasets_cache")
@@ -61,10 +64,9 @@ def main(argv=None):
                              num_inference_steps=config.num_inference_steps)
     print("\n".join(lines(figures)))
     if config.figure_dir:
+        # imported here: diffusers is a heavy import, needed only on this path
         from diffusers import DiffusionPipeline
 
-        from fgb2i_hf.clip import CLIPScorer
-        from fgb2i_hf.simnsd.world.diffusion import sample_grid
 
         def path(component):
             return resolve_pretrained(config.world + component) if config.world == "simnsd/" \

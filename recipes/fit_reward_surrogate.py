@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 
+from fgb2i_hf.drivers.reward_surrogate import SurrogateScriptArguments, run_fit_reward_surrogate
+from fgb2i_hf.rewards import SurrogateFitConfig
+
 
 def main(argv=None) -> dict:
+    # imported here: trl is a heavy import, needed only on this path
     from trl import TrlParser
 
-    from fgb2i_hf.drivers.reward_surrogate import SurrogateScriptArguments, run_fit_reward_surrogate
-    from fgb2i_hf.rewards import SurrogateFitConfig
 
     script_args, fit_config = TrlParser((SurrogateScriptArguments, SurrogateFitConfig)).parse_args_and_config(args=argv)
     report = run_fit_reward_surrogate(script_args, fit_config)

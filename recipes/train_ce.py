@@ -15,13 +15,16 @@ from __future__ import annotations
 import json
 import os
 
+from transformers import TrainingArguments
+
+from fgb2i_hf.drivers.ce import CEScriptArguments, run_ce
+from fgb2i_hf.simnsd import simulate_nsd
+
 
 def main(argv=None) -> dict:
-    from transformers import TrainingArguments
+    # imported here: trl is a heavy import, needed only on this path
     from trl import TrlParser
 
-    from fgb2i_hf.drivers.ce import CEScriptArguments, run_ce
-    from fgb2i_hf.simnsd import simulate_nsd
 
     parser = TrlParser((CEScriptArguments, TrainingArguments))
     script_args, training_args = parser.parse_args_and_config(args=argv)

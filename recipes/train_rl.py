@@ -10,12 +10,14 @@ of ``fgb2i_hf.rl.ReinforceConfig`` (rewards, weights, baseline, optimiser, check
 
 from __future__ import annotations
 
+from fgb2i_hf.drivers.rl import RLScriptArguments, run_rl
+from fgb2i_hf.rl import ReinforceConfig
+
 
 def main(argv=None) -> dict:
+    # imported here: trl is a heavy import, needed only on this path
     from trl import TrlParser
 
-    from fgb2i_hf.drivers.rl import RLScriptArguments, run_rl
-    from fgb2i_hf.rl import ReinforceConfig
 
     script_args, rl_config = TrlParser((RLScriptArguments, ReinforceConfig)).parse_args_and_config(args=argv)
     return run_rl(script_args, rl_config)

@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from ..core import atomic_write_json, atomic_write_text, save_png_atomic
 from .cache import write_records_atomic
-from .objects import CocoVocabulary, caption_object_mentions, caption_objects, canonical_objects, load_coco_vocabulary
+from .objects import CocoVocabulary, canonical_objects, caption_object_mentions, caption_objects, load_coco_vocabulary
 
 TRUTH_CHOICES = ("instances", "instances+captions")
 
@@ -262,8 +263,6 @@ def render_report(summaries: Mapping[str, dict], worst: Sequence[CaptionAudit], 
 
 def image_grid(images: np.ndarray, labels: Sequence[str], columns: int = 5, size: int = 160):
     """A PIL grid of uint8 images (N, H, W, 3), each with a short label underneath."""
-    from PIL import Image, ImageDraw
-
     columns = max(1, min(columns, len(images)))
     rows = max(1, -(-len(images) // columns))
     label_h = 28

@@ -20,6 +20,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
 from ..core import resolve_pretrained
 from .cache import CaptionCache, settings_hash
@@ -103,9 +107,6 @@ class ImageCaptioner:
         ``device``: ``"auto"``/None (CUDA if available, else CPU) or a torch device; ``dtype``: ``"auto"``/None
         (float16 on CUDA, float32 on CPU) or a dtype (name). Other keyword arguments go to ``__init__``.
         """
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
-
         path = resolve_pretrained(model_id)
         try:
             config = AutoConfig.from_pretrained(path, revision=revision)
@@ -148,8 +149,6 @@ class ImageCaptioner:
 
     def prepare(self, images) -> dict:
         """uint8 images (N, H, W, 3) (array or list of arrays / PIL images) -> model inputs (on CPU)."""
-        from PIL import Image
-
         pil = [im.convert("RGB") if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, np.uint8))
                for im in images]
         return self.processor(images=pil, text=[self.prompt_text] * len(pil), padding=True, return_tensors="pt")
@@ -273,8 +272,6 @@ def enhance_captions(captioner: ImageCaptioner, stimuli, nsd_ids: Sequence[int],
         an :class:`EnhanceSummary` (done, skipped, failed, truncated, ...). Unreadable images are reported in
         ``failed`` and left out of the cache, so a rerun tries them again.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids = check_ids_in_stimuli(nsd_ids, stimuli)

@@ -18,6 +18,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 
 @lru_cache(maxsize=1)
 def _clip_bpe():
+    # imported here: open_clip is a heavy import, needed only on this path
     from open_clip.tokenizer import SimpleTokenizer
 
     return SimpleTokenizer()

@@ -69,6 +69,7 @@ def load_coco_vocabulary(path: str | None = None) -> CocoVocabulary:
 
 @lru_cache(maxsize=1)
 def _inflect_engine():
+    # imported here: inflect is a heavy import, needed only on this path
     import inflect
 
     return inflect.engine()

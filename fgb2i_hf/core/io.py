@@ -15,6 +15,9 @@ import shutil
 import stat
 import uuid
 
+import numpy as np
+from safetensors.torch import save_file
+
 
 def _mode_for(path: str) -> int:
     try:
@@ -63,8 +66,6 @@ def atomic_write_json(path: str | os.PathLike, value, indent: int | None = 2, **
 
 
 def save_npy_atomic(path: str | os.PathLike, array) -> None:
-    import numpy as np
-
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
 
@@ -77,8 +78,6 @@ def save_png_atomic(image, path: str | os.PathLike) -> None:
 
 def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
     """torch tensors as safetensors (contiguous copies where needed)."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 
 def betas_tensor(betas, dtype=None, pad_to: int | None = None):
@@ -25,8 +26,6 @@ def betas_tensor(betas, dtype=None, pad_to: int | None = None):
         (B, V) tensor; a row shorter than V is zero-padded on the right (the padded mixed-subject form that the
         brain models read with a per-row subject list).
     """
-    import torch  # here, so that building datasets does not import torch
-
     np_dtype = torch.empty((), dtype=dtype or torch.float32).numpy().dtype
     if isinstance(betas, np.ndarray) and betas.ndim == 2 and betas.dtype != object:
         rows = betas
@@ -50,8 +49,6 @@ def betas_tensor(betas, dtype=None, pad_to: int | None = None):
 
 def _to_tensor(betas, name: str, allow_1d: bool):
     """``betas`` as a 2-D tensor, and the rows' own lengths when they came as a sequence of rows (else None)."""
-    import torch
-
     lengths = None
     if isinstance(betas, torch.Tensor):
         tensor = betas
@@ -97,8 +94,6 @@ def _subjects(subject, batch: int, name: str) -> list[str]:
 def _check_widths(tensor, subject, subjects: list[str], voxel_counts: Mapping[str, int], name: str) -> None:
     """Known subjects; one subject: exactly its V_s columns; one name per row: at least max V_s columns and zeros
     beyond each row's own V_s."""
-    import torch
-
     unknown = sorted(set(subjects) - set(voxel_counts))
     if unknown:
         raise ValueError(f"unknown subject {', '.join(map(repr, unknown))}; this model knows {sorted(voxel_counts)}")
@@ -142,8 +137,6 @@ def as_betas(betas, subject, *, voxel_counts: Mapping[str, int] | None = None, d
     Returns:
         The tensor, and ``subject`` as given (a str stays a str, a list becomes a list of str).
     """
-    import torch
-
     given, lengths = _to_tensor(betas, name, allow_1d)
     subjects = _subjects(subject, given.shape[0], name)
     if isinstance(subject, str) and lengths is not None and len(set(lengths)) > 1:

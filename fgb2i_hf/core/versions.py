@@ -6,6 +6,8 @@ import importlib.metadata
 import platform
 import sys
 
+from .._version import __version__
+
 RECORDED = ("torch", "transformers", "diffusers", "accelerate", "datasets", "trl", "peft", "open_clip_torch",
             "himalaya", "numpy")
 # Distribution name -> module name, where they differ.
@@ -14,8 +16,6 @@ MODULES = {"open_clip_torch": "open_clip"}
 
 def versions() -> dict[str, str]:
     """``{package: version}`` of fgb2i_hf, the main libraries that are installed, and Python."""
-    from .._version import __version__
-
     out = {"fgb2i_hf": __version__}
     for name in RECORDED:
         version = _version(name)

@@ -26,6 +26,7 @@ _SLAB_BYTES = 64 * 2**20  # read hdf5 betas in Z slabs of at most this size
 
 def read_nsdgeneral(paths: NSDPaths, subject: str) -> np.ndarray:
     """The nsdgeneral label volume (X, Y, Z); voxels with label > 0 form the ROI."""
+    # imported here: nibabel is a heavy import, needed only on this path
     import nibabel as nib
 
     path = require_file(paths.nsdgeneral(subject), "nsddata", f"the nsdgeneral ROI of {subject}")
@@ -140,6 +141,7 @@ def _read_hdf5_session(path: str, order: _VoxelOrder) -> np.ndarray:
 
 def _read_nifti_session(path: str, order: _VoxelOrder, block: int = 50) -> np.ndarray:
     """Stream a gzipped (X, Y, Z, 750) NIfTI volume by volume blocks, so a session is never whole in memory."""
+    # imported here: nibabel is a heavy import, needed only on this path
     import nibabel as nib
 
     expected = (*order.roi.shape, TRIALS_PER_SESSION)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core import atomic_write_json
+
 CONTRACT_NAME = "data_contract.json"
 TEST_RULE = "nsd-shared1000-sharedix-averaged"
 VALIDATION_RULE = "sha256(fgb2i-validation:<nsd_id>) < fraction"
@@ -102,8 +104,6 @@ class DataContract:
         return cls(**values)
 
     def save(self, folder: str) -> str:
-        from ..core import atomic_write_json
-
         path = os.path.join(folder, CONTRACT_NAME)
         atomic_write_json(path, self.to_dict(), sort_keys=True)
         return path

@@ -12,7 +12,10 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
+
+from .layout import subject_id
 
 STATS_FILENAME = "voxel_stats.safetensors"
 ZSCORE_MODES = ("train", "session", "none")
@@ -58,8 +61,6 @@ class VoxelStats:
 
     @classmethod
     def load(cls, path: str) -> "VoxelStats":
-        from safetensors import safe_open
-
         with safe_open(path, "np") as f:
             meta = f.metadata() or {}
         t = load_file(path)
@@ -78,9 +79,8 @@ def mean_std(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarra
 
 def voxel_stats(dataset, subject: str) -> VoxelStats:
     """The statistics a built NSD dataset (a ``Dataset`` or ``DatasetDict`` from ``load_nsd``) was z-scored with."""
-    from .layout import subject_id
-
     subject = subject_id(subject)
+    # imported here: datasets is a heavy import, needed only on this path
     import datasets
 
     datasets_ = list(dataset.values()) if isinstance(dataset, (datasets.DatasetDict, dict)) else [dataset]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..clip import CLIPScorer
 from .targets import TargetExtractor
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -35,8 +36,6 @@ class OpenCLIPImageTokenExtractor(TargetExtractor):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, pretrained: str | None = None, **kwargs):
-        from ..clip import CLIPScorer
-
         return cls(CLIPScorer.from_pretrained(name_or_path, pretrained=pretrained), name_or_path=name_or_path,
                    **kwargs)
 

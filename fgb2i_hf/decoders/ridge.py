@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (ModelMixin must be a name in this module: see below)
 from diffusers.configuration_utils import register_to_config
+from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
@@ -71,6 +72,7 @@ def _resolve_device(device) -> torch.device:
 @contextlib.contextmanager
 def himalaya_backend(device: torch.device):
     """Set himalaya's (global) backend to torch on ``device`` and restore the previous one afterwards."""
+    # imported here: himalaya is a heavy import, needed only on this path
     from himalaya.backend import get_backend, set_backend
 
     previous = get_backend()
@@ -320,6 +322,7 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
         T = Yc.shape[1]
         if len(alphas) == 1:
             return torch.full((T,), alphas[0], dtype=torch.float64), torch.full((T,), float("nan"))
+        # imported here: himalaya is a heavy import, needed only on this path
         from himalaya.kernel_ridge import solve_multiple_kernel_ridge_random_search
         from himalaya.ridge import solve_group_ridge_random_search
 
@@ -536,7 +539,6 @@ def _refit_primal(lam, P, Xs, Yc, alpha, block_bytes, out=None):
 def _local_folder(name_or_path: str, subfolder: str | None, revision: str | None) -> str:
     if os.path.isdir(name_or_path):
         return os.path.join(name_or_path, subfolder) if subfolder else name_or_path
-    from huggingface_hub import snapshot_download
 
     pattern = f"{subfolder}/*" if subfolder else "*"
     try:

@@ -33,7 +33,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from numpy.lib.format import open_memmap
 from PIL import Image
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..core import atomic_write_json, resolve_pretrained, save_npy_atomic
 
@@ -137,8 +140,6 @@ class TargetExtractor:
     def extract(self, name: str, *, images=None, ids=None, captions=None, batch_size: int = 16,
                 progress: bool = True) -> np.ndarray:
         """All targets ``name`` in memory: ``(N, *target_shape)`` float32."""
-        from tqdm.auto import tqdm
-
         self._check_request(name, images, captions)
         n = len(ids) if ids is not None else len(images if name in self.image_targets else captions)
         out = None
@@ -196,8 +197,8 @@ class LDMTargetExtractor(TargetExtractor):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = LDM_MODEL, *, revision: str | None = None, **kwargs):
+        # imported here: diffusers is a heavy import, needed only on this path
         from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTokenizer
 
         path = resolve_pretrained(name_or_path)
         return cls(AutoencoderKL.from_pretrained(path, subfolder="vae", revision=revision),
@@ -253,8 +254,13 @@ class BrainDiffuserTargetExtractor(TargetExtractor):
     @classmethod
     def from_pretrained(cls, name_or_path: str = VERSATILE_DIFFUSION_MODEL, *, revision: str | None = None,
                         **kwargs):
-        from transformers import (CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer,
-                                  CLIPVisionModelWithProjection)
+        # imported here: the name is bound otherwise at module level
+        from transformers import (
+            CLIPImageProcessor,
+            CLIPTextModelWithProjection,
+            CLIPTokenizer,
+            CLIPVisionModelWithProjection,
+        )
 
         path = resolve_pretrained(name_or_path)
         return cls(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision),
@@ -296,9 +302,6 @@ def extract_targets(extractor: TargetExtractor, name: str, path: str, *, ids: Se
     with the same ids and extractor settings skips finished batches, and the file is renamed to ``path`` only
     when complete. ``<path>.json`` records the settings and the ids; a mismatch starts over.
     """
-    from numpy.lib.format import open_memmap
-    from tqdm.auto import tqdm
-
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 1 or len(ids) == 0:
         raise ValueError(f"ids must be a non-empty 1-D list of image ids, got shape {ids.shape}")

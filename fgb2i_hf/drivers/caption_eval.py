@@ -16,9 +16,19 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from ..core import atomic_write_json, atomic_write_text
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from ..clip import CLIPScorer
+from ..core import atomic_write_json, atomic_write_text, loading_config_field
+from ..data import NSDStimuli, load_nsd
 from ..data.collate import CAPTION_COLUMNS, check_captions
+from ..data.layout import subject_list
+from ..data.rows import first_rows_per_subject
 from ..evaluation import CONTROL_ROW, MODEL_ROW, brainhub_predictions, evaluate_with_control
+from ..metrics import clip_score
+from ..models import BrainPrefixGPT2
 
 ALL_CAPTION_METRICS = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
 
@@ -52,8 +62,6 @@ class EvaluateCaptionsArguments:
 
     def __post_init__(self):
         if self.subjects is not None:
-            from ..data.layout import subject_list
-
             self.subjects = subject_list(self.subjects)
         if self.references not in CAPTION_COLUMNS:
             raise ValueError(f"references must be one of {CAPTION_COLUMNS}, got {self.references!r}")
@@ -85,10 +93,6 @@ def write_predictions(output_dir: str, dataset, predictions: list[str], control:
 
 def add_clip_scores(result, dataset, stimuli, scorer, references: str) -> None:
     """CLIP-S and RefCLIP-S (Hessel et al. 2021) of the brain's and the control's captions, against the stimuli."""
-    import numpy as np
-
-    from ..metrics import clip_score
-
     images = stimuli.get(dataset["nsd_id"])
     refs = dataset[references]
     result.rows[MODEL_ROW].update(clip_score(result.predictions, images, refs, scorer=scorer))
@@ -107,14 +111,6 @@ def evaluate_captions(args: EvaluateCaptionsArguments, data=None, model=None, to
 
     ``data`` (a ``DatasetDict``), ``model``/``tokenizer`` and ``clip_scorer`` may be given instead of being loaded.
     """
-    import torch
-    from transformers import AutoTokenizer
-
-    from ..data import NSDStimuli, load_nsd
-    from ..models import BrainPrefixGPT2
-    from ..data.rows import first_rows_per_subject
-    from ..core import loading_config_field
-
     if model is None:
         if not args.model_name_or_path:
             raise ValueError("model_name_or_path is required: a BrainPrefixGPT2 folder saved with its tokenizer")
@@ -154,8 +150,6 @@ def evaluate_captions(args: EvaluateCaptionsArguments, data=None, model=None, to
                                    batch_size=args.batch_size, seed=args.control_seed, per_subject=len(subjects) > 1,
                                    **generation)
     if args.clip_model or clip_scorer is not None:
-        from ..clip import CLIPScorer
-
         with loading_config_field("clip_model", args.clip_model):
             scorer = clip_scorer or CLIPScorer.from_pretrained(args.clip_model, pretrained=args.clip_pretrained,
                                                                device=device)

@@ -16,15 +16,31 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
-from ..captions.audit import (TRUTH_CHOICES, AuditThresholds, audit_captions, clip_agreement, filter_records, flag_audits,
-                    image_truth, summarize, write_report)
+from ..captions.audit import (
+    TRUTH_CHOICES,
+    AuditThresholds,
+    audit_captions,
+    clip_agreement,
+    filter_records,
+    flag_audits,
+    image_truth,
+    summarize,
+    write_report,
+)
 from ..captions.cache import CaptionCacheError, read_cache, write_records_atomic
 from ..captions.enhance import DEFAULT_MODEL, DEFAULT_PROMPT, EnhanceSummary, ImageCaptioner, enhance_captions
+from ..core import TINY_RANDOM  # smoke runs: fgb2i_hf.tiny.tiny_llava, random weights
+from ..core import loading_config_field
+from ..data import NSDStimuli
+from ..data.coco import read_coco_annotations
+from ..data.design import read_expdesign, read_stim_info, trial_table
+from ..data.layout import NSDDataError, NSDPaths, require_file, subject_id, subject_index
+from ..tiny import tiny_llava
 
 logger = logging.getLogger(__name__)
 
-from ..core import TINY_RANDOM  # smoke runs: fgb2i_hf.tiny.tiny_llava, random weights
 
 
 # -- NSD look-ups ------------------------------------------------------------------------------------------------
@@ -35,15 +51,13 @@ def subject_nsd_ids(nsd_root: str, subjects, sessions: int | None = None) -> lis
     ``sessions=None``: every image the subject saw (``subjectN == 1`` in ``nsd_stim_info_merged.csv``);
     ``sessions=N``: the images of the subject's trials in sessions 1..N (``nsd_expdesign.mat``).
     """
-    from ..data.design import read_expdesign, trial_table
-    from ..data.layout import NSDDataError, NSDPaths, require_file, subject_id, subject_index
-
     paths = NSDPaths(nsd_root)
     subjects = [subject_id(s) for s in ([subjects] if isinstance(subjects, str) else subjects)]
     if not subjects:
         raise ValueError("no subjects given; expected e.g. ['subj01']")
     ids: set[int] = set()
     if sessions is None:
+        # imported here: pandas is a heavy import, needed only on this path
         import pandas as pd
 
         path = require_file(paths.stim_info, "nsddata", "the NSD stimulus table")
@@ -70,8 +84,7 @@ def subject_nsd_ids(nsd_root: str, subjects, sessions: int | None = None) -> lis
 
 def coco_truth(nsd_root: str, nsd_ids) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     """``({nsd_id: COCO instance category names}, {nsd_id: COCO captions})`` for the given images."""
-    from ..data.coco import read_coco_annotations
-    from ..data.design import read_stim_info
+    # imported here: the name is bound otherwise at module level
     from ..data.layout import NSDPaths
 
     paths = NSDPaths(nsd_root)
@@ -143,11 +156,8 @@ def build_captioner(config: EnhanceCaptionsConfig) -> ImageCaptioner:
     kwargs = dict(prompt=config.prompt, generation_kwargs=config.generation_settings(),
                   max_clip_tokens=config.max_clip_tokens or None, use_chat_template=config.use_chat_template)
     if config.model_name_or_path == TINY_RANDOM:
-        from ..tiny import tiny_llava
-
         model, processor = tiny_llava(seed=config.seed)
         return ImageCaptioner(model, processor, model_id=TINY_RANDOM, revision=f"seed{config.seed}", **kwargs)
-    from ..core import loading_config_field
 
     with loading_config_field("model_name_or_path", config.model_name_or_path):
         return ImageCaptioner.from_pretrained(config.model_name_or_path, revision=config.revision,
@@ -156,10 +166,6 @@ def build_captioner(config: EnhanceCaptionsConfig) -> ImageCaptioner:
 
 def enhance_nsd(config: EnhanceCaptionsConfig, captioner: ImageCaptioner | None = None) -> EnhanceSummary:
     """Caption the subjects' stimuli (or ``nsd_ids``) into ``config.output``, resuming a previous run."""
-    import torch
-
-    from ..data import NSDStimuli
-
     torch.manual_seed(config.seed)
     stimuli = NSDStimuli(config.nsd_root)
     if config.nsd_ids:
@@ -243,7 +249,7 @@ def audit_nsd(config: AuditCaptionsConfig, scorer=None) -> AuditOutcome:
 
     ``scorer``: a CLIP scorer to use instead of loading ``config.clip_model`` (tests inject a tiny one).
     """
-    from ..data import NSDStimuli
+    # imported here: the name is bound otherwise at module level
     from ..data.layout import NSDPaths
 
     if config.filter is not None and config.filter not in ("flag", "drop"):
@@ -276,7 +282,6 @@ def audit_nsd(config: AuditCaptionsConfig, scorer=None) -> AuditOutcome:
         if use_clip:
             if scorer is None:
                 from ..clip import CLIPScorer
-
                 from ..core import loading_config_field
 
                 with loading_config_field("clip_model", config.clip_model):

@@ -20,14 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from huggingface_hub import HfApi
+from transformers import AutoTokenizer, GPT2Config, set_seed
 
 from ..core import atomic_write_json, loading_config_field, publish_folder, resolve_pretrained, versions
+from ..data import data_contract, load_nsd
 from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
-from ..data import data_contract
 from ..data.layout import subject_list
 from ..data.rows import first_rows_per_subject
 from ..evaluation import evaluate_with_control
+from ..metrics import MeteorScorer
 from ..models import BrainPrefixGPT2, BrainPrefixGPT2Config
+from ..tokenization import train_caption_tokenizer
 from ..training import BrainCaptionTrainer, CaptionEpochCallback
 from .caption_eval import write_predictions
 
@@ -143,8 +147,6 @@ def load_ce_data(args: CEScriptArguments):
     ``simulate_nsd`` (writing a SimNSD into an empty root first) is done by ``recipes/train_ce.py`` before it calls
     :func:`run_ce`: the simulator sits in the layer above the drivers.
     """
-    from ..data import load_nsd
-
     if not args.nsd_root:
         raise ValueError("nsd_root is required: the NSD (or SimNSD) root in NSD's raw layout")
     options = {k: v for k, v in dict(sessions=args.sessions, fine_captions=args.fine_captions).items() if v is not None}
@@ -209,10 +211,6 @@ def build_model_and_tokenizer(args: CEScriptArguments, voxel_counts: dict[str, i
     * ``language_model='scratch'``: a random GPT-2 from ``gpt2_config`` and a byte-level BPE tokenizer of
       ``tokenizer_vocab_size`` trained on ``train_captions`` (offline; the SimNSD recipe).
     """
-    from transformers import AutoTokenizer, GPT2Config
-
-    from ..tokenization import train_caption_tokenizer
-
     common = dict(prefix_length=args.prefix_length, mapper_layers=args.mapper_layers, mapper_heads=args.mapper_heads,
                   mlp_ratio=args.mlp_ratio, mapper_dropout=args.mapper_dropout,
                   subject_hidden_size=args.subject_hidden_size, freeze_language_model=args.freeze_language_model,
@@ -311,10 +309,6 @@ def run_ce(script_args: CEScriptArguments, training_args, data=None, callbacks=N
     ``script_args.nsd_root``; built by ``load_nsd``, its data contract is saved with the model.
     ``callbacks``: extra ``TrainerCallback``s.
     """
-    from transformers import set_seed
-
-    from ..metrics import MeteorScorer
-
     start = time.perf_counter()
     configure_training_arguments(training_args)
     if data is None:
@@ -402,8 +396,6 @@ def final_evaluation(model, tokenizer, dataset, script_args: CEScriptArguments, 
 def push_final(trainer, folder: str) -> str:
     """Upload ``folder`` (the final model, tokenizer, config and card) to ``hub_model_id`` (default: the output
     folder's name under the user's account), as Trainer names its repository."""
-    from huggingface_hub import HfApi
-
     args = trainer.args
     api = HfApi(token=args.hub_token)
     repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))

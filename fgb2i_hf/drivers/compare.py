@@ -17,10 +17,13 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ..core import atomic_write_text
+from ..data import NSDStimuli
 from ..data.contract import DataContract
+from ..metrics import format_table, reconstruction_metrics
+from ..metrics.table import table_deltas
 from ..pipelines import get_base
+from .evaluate_reconstructions import EvaluateReconstructionsConfig, feature_models_for
 from .reconstruct import ReconstructConfig, load_images, reconstruct
-
 
 
 @dataclass
@@ -80,8 +83,6 @@ class CompareBasesConfig:
 
 def comparison_table(rows: dict[str, dict[str, float]], pairs: dict[str, str]) -> str:
     """One markdown table; each row in ``pairs`` (row -> its base row) shows deltas against its base."""
-    from ..metrics import format_table
-
     lines, done = [], set()
     for name in rows:
         if name in done:
@@ -120,11 +121,6 @@ def _reconstruct_config(config: CompareBasesConfig, base: str) -> ReconstructCon
 def compare_bases(config: CompareBasesConfig, dataset=None, stimuli=None, feature_models=None,
                   progress: bool = True) -> dict:
     """Reconstruct with every base at w = 0 and w, score, and write ``comparison.md`` / ``comparison.json``."""
-    from ..data import NSDStimuli
-    from ..metrics import reconstruction_metrics
-    from ..metrics.table import table_deltas
-    from .evaluate_reconstructions import EvaluateReconstructionsConfig, feature_models_for
-
     if not config.bases:
         raise ValueError("no bases to compare: list registered bases, e.g. [ldm, brain_diffuser, mindeye]")
     specs = {base: get_base(base) for base in config.bases}  # an unknown name fails here, naming the known ones

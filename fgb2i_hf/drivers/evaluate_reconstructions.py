@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..clip import CLIPScorer
+from ..core import loading_config_field
+from ..data import NSDStimuli
+from ..metrics import load_feature_models, reconstruction_metrics, write_table
+from ..tiny import tiny_clip_scorer
 from .reconstruct import load_images
 
 
@@ -65,21 +70,13 @@ def common_ids(folders: dict[str, str]) -> list[int]:
 
 
 def feature_models_for(config: EvaluateReconstructionsConfig):
-    from ..metrics import load_feature_models
-
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config.feature_models == "random":
-        from ..tiny import tiny_clip_scorer
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             return load_feature_models(pretrained=False, clip=tiny_clip_scorer(), device=device)
     clip = config.clip_model
     if clip.startswith("simnsd/") or os.path.isdir(clip):
-        from ..clip import CLIPScorer
-
-        from ..core import loading_config_field
-
         with loading_config_field("clip_model", clip):
             clip = CLIPScorer.from_pretrained(clip)
     return load_feature_models(pretrained=True, clip=clip, swav_weights=config.swav_weights, device=device)
@@ -88,9 +85,6 @@ def feature_models_for(config: EvaluateReconstructionsConfig):
 def evaluate_reconstructions(config: EvaluateReconstructionsConfig, stimuli=None, feature_models=None,
                              progress: bool = True) -> dict[str, dict[str, float]]:
     """``{row name: {metric: value}}`` for every folder; writes ``<output>.md`` and ``<output>.json``."""
-    from ..data import NSDStimuli
-    from ..metrics import reconstruction_metrics, write_table
-
     folders = parse_rows(config.reconstructions)
     if config.baseline is not None and config.baseline not in folders:
         raise ValueError(f"baseline {config.baseline!r} is not one of the rows {list(folders)}")

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import yaml
 
 from ..core import TINY_RANDOM, atomic_write_json, atomic_write_text, loading_config_field, versions
-from ..data import data_contract
+from ..data import NSDStimuli, data_contract, load_nsd
 from ..data.layout import subject_list
 from ..decoders.ridge import RidgeDecoder
 from ..decoders.targets import extract_targets
@@ -130,8 +131,6 @@ def saved_source_folder(output_dir: str, source: str) -> str:
 def recorded_target_models(decoders_dir: str) -> dict[str, str]:
     """``{source: model}`` the decoders in ``decoders_dir`` were fitted with (read from its ``fit_decoders.yaml``;
     tiny random models as the folder they were saved to): what a pipeline must encode and decode with."""
-    import yaml
-
     path = os.path.join(decoders_dir, CONFIG_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no record of the decoders' fit (run recipes/fit_decoders.py)")
@@ -196,8 +195,6 @@ def score_predictions(pred: np.ndarray, true: np.ndarray) -> dict:
 
 
 def _load_dataset(config: FitDecodersConfig):
-    from ..data import load_nsd
-
     average = config.spec.average_train if config.average_train is None else config.average_train
     options = {"average_train": average}
     if config.sessions is not None:
@@ -219,8 +216,6 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
     if dataset is None:
         dataset = _load_dataset(config)
     if stimuli is None:
-        from ..data import NSDStimuli
-
         stimuli = NSDStimuli(config.nsd_root)
     os.makedirs(config.output_dir, exist_ok=True)
     _save_config(config)
@@ -292,8 +287,6 @@ def _images_and_captions(rows, caption_column):
 
 
 def _save_config(config: FitDecodersConfig):
-    import yaml
-
     record = dataclasses.asdict(config) | {"_versions": versions()}
     atomic_write_text(os.path.join(config.output_dir, CONFIG_NAME), yaml.safe_dump(record, sort_keys=False))
 

@@ -35,12 +35,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from ..core import atomic_write_json
-from ..data import data_contract
+from ..core import atomic_write_json, resolve_pretrained
+from ..data import NSDStimuli, data_contract, load_nsd
+from ..decoders.open_clip_targets import OPEN_CLIP_CONFIG, OpenCLIPImageTokenExtractor
+from ..decoders.targets import BrainDiffuserTargetExtractor, LDMTargetExtractor, extract_targets
 from ..models.mindeye import MindEyeConfig, MindEyeModel
 from ..models.mindeye.retrieval import RETRIEVAL_BATCH, RETRIEVAL_LOOPS, retrieval_accuracy
+from ..tiny import tiny_brain_diffuser_extractor, tiny_ldm_extractor
 from ..training.mindeye_trainer import MindEyeTrainData, MindEyeTrainer, MindEyeTrainingConfig, run_exists
+from .fit import betas_matrix
 
 TINY_RANDOM = "tiny-random"
 VERSATILE_DIFFUSION = "shi-labs/versatile-diffusion"
@@ -98,24 +103,18 @@ class MindEyeRunConfig(MindEyeTrainingConfig):
 # -- targets ----------------------------------------------------------------------------------------------------
 def load_target_extractors(config: MindEyeRunConfig, need_latents: bool):
     """(CLIP image-token extractor, VAE latent extractor or None) for the configured models."""
-    from ..decoders.targets import BrainDiffuserTargetExtractor, LDMTargetExtractor
-
     dtype = getattr(torch, config.target_dtype)
     common = {"device": config.device, "dtype": dtype}
     latent_kwargs = {"image_size": config.latent_image_size, "latent_sampling": config.latent_sampling,
                      "seed": config.seed}
     name = config.target_model_name_or_path
     if name == TINY_RANDOM:
-        from ..tiny import tiny_brain_diffuser_extractor, tiny_ldm_extractor
-
         clip = tiny_brain_diffuser_extractor(model_seed=config.seed, image_size=config.clip_image_size, **common)
         vae = tiny_ldm_extractor(model_seed=config.seed, **latent_kwargs, **common) if need_latents else None
         return clip, vae
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import AutoencoderKL
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    from ..decoders.open_clip_targets import OPEN_CLIP_CONFIG, OpenCLIPImageTokenExtractor
-    from ..core import resolve_pretrained
 
     path, rev = resolve_pretrained(name), config.target_revision
     if os.path.exists(os.path.join(path, OPEN_CLIP_CONFIG)):  # an open_clip folder such as simnsd/clip
@@ -137,8 +136,6 @@ def load_target_extractors(config: MindEyeRunConfig, need_latents: bool):
 def cached_targets(config: MindEyeRunConfig, image_ids: np.ndarray, stimuli, need_latents: bool, progress=True):
     """``{"clip_vision": (N, T, D), "z": (N, C, L, L)}`` memmaps for ``image_ids`` (computed once, resumable) and the
     extraction settings."""
-    from ..decoders.targets import extract_targets
-
     clip, vae = load_target_extractors(config, need_latents)
     folder = os.path.join(config.output_dir, "targets")
     if config.target_model_name_or_path == TINY_RANDOM:
@@ -159,8 +156,6 @@ def cached_targets(config: MindEyeRunConfig, image_ids: np.ndarray, stimuli, nee
 # -- data -------------------------------------------------------------------------------------------------------
 def load_rows(config: MindEyeRunConfig):
     """``load_nsd`` of the configured subjects and options."""
-    from ..data import load_nsd
-
     options = {"average_train": config.average_train}
     if config.sessions is not None:
         options["sessions"] = config.sessions
@@ -169,8 +164,6 @@ def load_rows(config: MindEyeRunConfig):
 
 def split_arrays(rows, subjects: list[str], max_rows: int | None = None):
     """(betas (R, V_max) float16 zero-padded, subjects (R,), nsd_ids (R,), voxel_counts) of a split's rows."""
-    from .fit import betas_matrix
-
     column = np.asarray(rows["subject"])
     parts, names, ids, counts = [], [], [], {}
     for subject in subjects:
@@ -294,6 +287,7 @@ def run_mindeye(config: MindEyeRunConfig, data=None, stimuli=None, progress: boo
     ``data`` (a ``DatasetDict`` of NSD rows) and ``stimuli`` (``get(ids) -> uint8 (n, H, W, 3)``) default to
     ``load_nsd(config.nsd_root, ...)`` and ``NSDStimuli(config.nsd_root)``.
     """
+    # imported here: accelerate is a heavy import, needed only on this path
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -309,8 +303,6 @@ def run_mindeye(config: MindEyeRunConfig, data=None, stimuli=None, progress: boo
         if data is None:
             data = load_rows(config)
         if stimuli is None:
-            from ..data import NSDStimuli
-
             stimuli = NSDStimuli(config.nsd_root)
         train = split_arrays(data["train"], config.subjects, config.max_train_rows)
         splits = {"train": train}

@@ -20,16 +20,29 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+import PIL.Image
 import torch
+import yaml
 from tqdm.auto import tqdm
 
-from ..core import TINY_RANDOM, append_jsonl, atomic_write_text, betas_tensor, resolve_pretrained, save_png_atomic, versions
-from ..data import data_contract, load_nsd
+from ..core import (
+    TINY_RANDOM,
+    append_jsonl,
+    atomic_write_text,
+    betas_tensor,
+    resolve_pretrained,
+    save_png_atomic,
+    versions,
+)
+from ..data import NSDStimuli, data_contract, load_nsd
 from ..data.contract import SHARED_FIELDS, ContractError, DataContract
 from ..pipelines import build_pipeline, get_base
+from ..pipelines.mindeye_inputs import MindEyeInputs
+from ..visualization import reconstruction_grid
 from .fit import recorded_target_models
 
 
@@ -98,8 +111,6 @@ class ReconstructConfig:
 
 def to_pil(images: torch.Tensor) -> list:
     """Float (N, 3, H, W) in [0, 1] -> PIL images."""
-    import PIL.Image
-
     arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy() * 255 + 0.5).astype(np.uint8)
     return [PIL.Image.fromarray(a) for a in arrays]
 
@@ -117,8 +128,6 @@ def save_png(image, path: str) -> None:
 
 def load_images(directory: str, nsd_ids, name: str = "image") -> np.ndarray:
     """uint8 (N, H, W, 3) from ``<directory>/<nsd_id>.png``, with a clear error for the missing ones."""
-    import PIL.Image
-
     missing = [i for i in nsd_ids if not os.path.isfile(os.path.join(directory, f"{int(i)}.png"))]
     if missing:
         raise FileNotFoundError(f"{directory}: no {name} for nsd_id {missing[:10]}"
@@ -283,12 +292,6 @@ def _done(config: ReconstructConfig, nsd_id: int, captions: dict) -> bool:
 
 def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None, progress: bool = True) -> dict:
     """Run the split through the pipeline; returns a summary (counts, folders, seconds per image)."""
-    import time
-
-    from ..data import NSDStimuli
-    from ..visualization import reconstruction_grid
-    from ..pipelines.mindeye_inputs import MindEyeInputs
-
     spec = get_base(config.base)
     contracts = upstream_contracts(config)
     caption_contract = contracts.get("captions", contracts.get("base"))
@@ -393,8 +396,6 @@ def _first_caption(row: dict, column: str) -> str:
 
 
 def _write_settings(config: ReconstructConfig) -> None:
-    import yaml
-
     record = {"config": asdict(config), "versions": versions()}
     atomic_write_text(os.path.join(config.output_dir, "reconstruct.yaml"), yaml.safe_dump(record, sort_keys=False))
 

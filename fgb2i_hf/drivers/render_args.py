@@ -16,7 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..clip import CLIPScorer
 from ..core import loading_config_field
+from ..rewards import (
+    TextToImageRenderer,
+    check_surrogate_clip,
+    load_render_surrogate,
+    renderer_settings,
+    surrogate_renderer,
+)
 
 IMAGE_REWARD_KINDS = ("renderer", "distilled", "surrogate")
 RENDERER_KINDS = ("renderer", "distilled")
@@ -51,24 +59,18 @@ class RenderArguments:
 
     def renderer_settings(self, kind: str):
         """``RendererSettings`` of the renderer kind (``renderer`` or ``distilled``) with these overrides."""
-        from ..rewards import renderer_settings
-
         if kind not in RENDERER_KINDS:
             raise ValueError(f"a renderer kind is one of {RENDERER_KINDS}, got {kind!r}")
         return renderer_settings(kind, batch_size=self.render_batch_size, **self.drawing_overrides())
 
 
 def load_clip(args: RenderArguments, device=None):
-    from ..clip import CLIPScorer
-
     with loading_config_field("clip_model", args.clip_model):
         return CLIPScorer.from_pretrained(args.clip_model, pretrained=args.clip_pretrained, device=device)
 
 
 def build_renderer(args: RenderArguments, kind: str, device=None):
     """The renderer of ``kind`` (``renderer`` or ``distilled``) on ``device``, in float16 on a GPU."""
-    from ..rewards import TextToImageRenderer
-
     settings = args.renderer_settings(kind)
     with loading_config_field("renderer", settings.pretrained):
         return TextToImageRenderer(device=device, settings=settings)
@@ -78,8 +80,6 @@ def load_surrogate_and_renderer(args: RenderArguments, surrogate_path: str | Non
     """``image_reward: surrogate``: the surrogate from ``surrogate_path`` (checked against the CLIP model) and the
     renderer it was fitted on, rebuilt from its record (checked against it, weights included). Drawing settings
     given in ``args`` must agree with the record: the surrogate predicts that renderer's images only."""
-    from ..rewards import check_surrogate_clip, load_render_surrogate, surrogate_renderer
-
     if not surrogate_path:
         raise ValueError("image_reward: surrogate needs surrogate_path, a surrogate fitted for this renderer and CLIP "
                          "by recipes/fit_reward_surrogate.py (or set image_reward: renderer or distilled)")

@@ -21,8 +21,22 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..core import atomic_write_json, loading_config_field, publish_folder, save_safetensors_atomic, scratch_folder, versions
+import numpy as np
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from ..core import (
+    atomic_write_json,
+    loading_config_field,
+    publish_folder,
+    save_safetensors_atomic,
+    scratch_folder,
+    versions,
+)
+from ..data import NSDStimuli, load_nsd
 from ..data.layout import subject_list
+from ..rewards import clip_identity
 from .render_args import RENDERER_KINDS, RenderArguments, build_renderer, load_clip
 
 
@@ -62,8 +76,6 @@ class SurrogateScriptArguments(RenderArguments):
 def training_captions(train, columns: list[str], seed: int, limit: int | None = None) -> tuple[list[str], list[int]]:
     """Distinct (caption, nsd_id) pairs of the training images (each image once, whatever the subjects and trials),
     shuffled with ``seed``; the first ``limit``."""
-    import numpy as np
-
     pairs: dict[str, int] = {}
     seen: set[int] = set()
     ids = train["nsd_id"]
@@ -94,12 +106,6 @@ def render_embeddings(captions: list[str], renderer, scorer, path: str | None = 
                       progress: bool = True):
     """CLIP image embeddings of the renderings of ``captions`` (N, D), kept in ``path`` every ``save_every``
     captions and resumed from it when it holds a prefix of these captions by this renderer and CLIP."""
-    import torch
-    from safetensors import safe_open
-    from tqdm.auto import tqdm
-
-    from ..rewards import clip_identity
-
     identity = {"renderer_key": renderer.key, "clip_sha256": clip_identity(scorer)["weights_sha256"]}
     done = []
     if path and os.path.exists(path):
@@ -128,10 +134,7 @@ def render_embeddings(captions: list[str], renderer, scorer, path: str | None = 
 
 def run_fit_reward_surrogate(script_args: SurrogateScriptArguments, fit_config) -> dict:
     """Render the training captions, fit the surrogate, save it to ``output_dir``; returns the fit's report."""
-    import numpy as np
-    import torch
-
-    from ..data import NSDStimuli, load_nsd
+    # imported here: the name is bound otherwise at module level
     from ..rewards import clip_identity, fit_render_surrogate
 
     if not script_args.nsd_root:

@@ -13,13 +13,20 @@ import json
 import os
 from dataclasses import dataclass, field
 
+import torch
+from transformers import AutoTokenizer
+
 from ..core import atomic_write_json, loading_config_field
-from ..data.contract import SHARED_FIELDS, ContractError, DataContract
+from ..data import NSDStimuli, load_nsd
 from ..data.collate import CAPTION_COLUMNS
+from ..data.contract import SHARED_FIELDS, ContractError, DataContract
 from ..data.layout import subject_list
+from ..evaluation import caption_report, decode_dataset
+from ..metrics import write_table
+from ..models import BrainPrefixGPT2
 from ..rewards import RewardResources
-from .render_args import (IMAGE_REWARD_KINDS, RenderArguments, build_renderer, load_clip,
-                          load_surrogate_and_renderer)
+from ..rl import ReinforceTrainer
+from .render_args import IMAGE_REWARD_KINDS, RenderArguments, build_renderer, load_clip, load_surrogate_and_renderer
 
 
 @dataclass
@@ -64,10 +71,6 @@ def reward_resources(script_args: RLScriptArguments) -> RewardResources:
     stimuli, the CLIP model, the text-to-image renderer (float16 on a GPU) and, with ``image_reward: surrogate``, the
     render surrogate (and the renderer it was fitted on, for the samples still rendered), all on the trainer's
     ``device``."""
-    import torch
-
-    from ..data import NSDStimuli
-
     surrogate_and_renderer = {}
 
     def surrogate_pair(resources):
@@ -103,14 +106,9 @@ def data_options(script_args: RLScriptArguments, upstream: DataContract | None) 
 
 def run_rl(script_args: RLScriptArguments, config) -> dict:
     """Stage 2 from a stage-1 checkpoint: train, save ``<output_dir>/final``, score the eval split."""
+    # imported here: accelerate is a heavy import, needed only on this path
     from accelerate.utils import gather_object
-    from transformers import AutoTokenizer
 
-    from ..data import load_nsd
-    from ..evaluation import caption_report, decode_dataset
-    from ..metrics import write_table
-    from ..models import BrainPrefixGPT2
-    from ..rl import ReinforceTrainer
 
     if not script_args.model_name_or_path or not script_args.nsd_root:
         raise ValueError("model_name_or_path and nsd_root are required")

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from ..clip import CLIPScorer
 from .captions import check_captions
 
 PREFIX = "A photo depicts"
@@ -26,8 +27,6 @@ DEFAULT_CLIP = ("ViT-B-32-quickgelu", "openai")
 
 
 def load_clip_s_scorer(name: str = DEFAULT_CLIP[0], pretrained: str | None = DEFAULT_CLIP[1], device=None):
-    from ..clip import CLIPScorer
-
     return CLIPScorer.from_pretrained(name, pretrained=pretrained, device=device)
 
 

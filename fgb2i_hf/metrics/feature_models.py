@@ -24,14 +24,16 @@ when none is given, from that URL through the torch hub cache.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from ..clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ..clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPScorer
 from .image import resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -85,8 +87,7 @@ def _device_of(network) -> torch.device:
 
 
 def _extractor(model: nn.Module, nodes: list[str]) -> nn.Module:
-    import warnings
-
+    # imported here: torchvision is a heavy import, needed only on this path
     from torchvision.models.feature_extraction import create_feature_extractor
 
     with warnings.catch_warnings():  # "nodes traced in eval mode are a subsequence of train mode's": we only use eval
@@ -95,6 +96,7 @@ def _extractor(model: nn.Module, nodes: list[str]) -> nn.Module:
 
 
 def alexnet_model(pretrained: bool = True) -> FeatureModel:
+    # imported here: torchvision is a heavy import, needed only on this path
     from torchvision.models import AlexNet_Weights, alexnet
 
     model = alexnet(weights=AlexNet_Weights.IMAGENET1K_V1 if pretrained else None)
@@ -102,6 +104,7 @@ def alexnet_model(pretrained: bool = True) -> FeatureModel:
 
 
 def inception_model(pretrained: bool = True) -> FeatureModel:
+    # imported here: torchvision is a heavy import, needed only on this path
     from torchvision.models import Inception_V3_Weights, inception_v3
 
     # torchvision turns on transform_input with its pretrained weights; keep the same graph when random.
@@ -113,6 +116,7 @@ def inception_model(pretrained: bool = True) -> FeatureModel:
 
 
 def effnet_model(pretrained: bool = True) -> FeatureModel:
+    # imported here: torchvision is a heavy import, needed only on this path
     from torchvision.models import EfficientNet_B1_Weights, efficientnet_b1
 
     model = efficientnet_b1(weights=EfficientNet_B1_Weights.DEFAULT if pretrained else None)
@@ -128,8 +132,6 @@ def load_swav_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SwAV weights not found: {path}")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         state = load_file(path)
     else:
         try:
@@ -145,6 +147,7 @@ def load_swav_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 def swav_resnet50(weights: str | None = None, pretrained: bool = True) -> nn.Module:
     """torchvision ResNet-50 with SwAV's weights (as facebookresearch/swav's hubconf builds it)."""
+    # imported here: torchvision is a heavy import, needed only on this path
     from torchvision.models import resnet50
 
     model = resnet50(weights=None)
@@ -199,7 +202,6 @@ def load_feature_models(keys: Sequence[str] = FEATURE_MODEL_KEYS, pretrained: bo
             if isinstance(clip, str):
                 if not pretrained:
                     raise ValueError("pretrained=False needs a CLIPScorer for `clip` (e.g. CLIPScorer.from_config(...))")
-                from ..clip import CLIPScorer
 
                 clip = CLIPScorer.from_pretrained(clip, pretrained="openai")
             clip.eval()

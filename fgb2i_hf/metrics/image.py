@@ -108,6 +108,7 @@ def pixcorr_per_image(gt256: torch.Tensor, pred256: torch.Tensor, antialias: boo
 
 def ssim_per_image(gt256: torch.Tensor, pred256: torch.Tensor, antialias: bool = False) -> np.ndarray:
     """Per-pair SSIM of images already at 256 x 256 (resize to 425, grayscale, Gaussian SSIM)."""
+    # imported here: scikit-image is a heavy import, needed only on this path
     from skimage.color import rgb2gray
     from skimage.metrics import structural_similarity
 

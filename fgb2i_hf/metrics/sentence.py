@@ -13,13 +13,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..core import resolve_pretrained
+
 DEFAULT_SENTENCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def load_sentence_encoder(name: str = DEFAULT_SENTENCE_MODEL, device=None):
+    # imported here: sentence-transformers is a heavy import, needed only on this path
     from sentence_transformers import SentenceTransformer
 
-    from ..core import resolve_pretrained
 
     return SentenceTransformer(resolve_pretrained(name), device=device)
 

@@ -17,12 +17,19 @@ from __future__ import annotations
 import os
 
 import torch
+import transformers
+from transformers import AutoTokenizer
 
 from ..core import TINY_RANDOM, loading_config_field, resolve_pretrained
-from .bases import Backbone, BaseSpec, get_base
+from ..decoders import RidgeDecoder
+from ..models import BrainPrefixGPT2
+from ..tiny import tiny_brain_prefix_gpt2
+from .bases import STABLE_DIFFUSION, VERSATILE_DIFFUSION, Backbone, BaseSpec, get_base
+from .pipeline_fgb2i import pipeline_class
 
 
 def _scheduler_classes() -> dict:
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler, UniPCMultistepScheduler
 
     return {"ddim": DDIMScheduler, "unipc": UniPCMultistepScheduler, "pndm": PNDMScheduler,
@@ -30,8 +37,6 @@ def _scheduler_classes() -> dict:
 
 
 def _load_component(cls, path: str, name: str, dtype, **kwargs):
-    import transformers
-
     if issubclass(cls, (transformers.PreTrainedTokenizerBase, transformers.ImageProcessingMixin)):
         return cls.from_pretrained(path, subfolder=name, **kwargs)
     return cls.from_pretrained(path, subfolder=name, dtype=dtype, **kwargs)
@@ -43,8 +48,6 @@ def _has_subfolder(path: str, name: str) -> bool | None:
 
 
 def _backbone(kind: Backbone | str) -> Backbone:
-    from .bases import STABLE_DIFFUSION, VERSATILE_DIFFUSION
-
     if isinstance(kind, Backbone):
         return kind
     known = {b.name: b for b in (STABLE_DIFFUSION, VERSATILE_DIFFUSION)}
@@ -86,6 +89,7 @@ def load_backbone(name_or_path: str, kind: Backbone | str, *, scheduler: str | N
                 continue  # e.g. no text_unet beside an already dual image_unet
             components[name] = _load_component(cls, path, name, dtype, **hub_kwargs)
         if scheduler is None:
+            # imported here: diffusers is a heavy import, needed only on this path
             from diffusers import DDIMScheduler
 
             config = DDIMScheduler.load_config(path, subfolder="scheduler", **hub_kwargs)
@@ -109,16 +113,11 @@ def load_brain_model(brain_model, caption_tokenizer=None, *, dtype: torch.dtype 
     """(BrainPrefixGPT2, tokenizer) from a model, a path/name (its tokenizer from the same place unless given), or
     ``"tiny-random"`` (a random tiny one for ``voxel_counts``; mechanics only); ``(None, tokenizer)`` for None."""
     if brain_model == TINY_RANDOM:
-        from ..tiny import tiny_brain_prefix_gpt2
-
         if not voxel_counts:
             raise ValueError("brain_model='tiny-random' needs `voxel_counts` ({subject: number of voxels})")
         return tiny_brain_prefix_gpt2(dict(voxel_counts), seed=seed)
-    from transformers import AutoTokenizer
 
     if isinstance(brain_model, (str, os.PathLike)):
-        from ..models import BrainPrefixGPT2
-
         with loading_config_field("brain_model", brain_model):
             path = resolve_pretrained(str(brain_model))
             caption_tokenizer = caption_tokenizer or AutoTokenizer.from_pretrained(path)
@@ -146,8 +145,6 @@ def build_pipeline(base: str | BaseSpec, diffusion_model: str | None = None, *, 
         components: ``{name: model, path or "tiny-random"}`` of the base's own models (its spec's ``components``:
             MindEye's ``mindeye_model``, Brain-Diffuser's ``vdvae``).
     """
-    from .pipeline_fgb2i import pipeline_class
-
     spec = base if isinstance(base, BaseSpec) else get_base(base)
     diffusion_model = diffusion_model or spec.backbone.default_model
     with loading_config_field("diffusion_model", diffusion_model):
@@ -161,8 +158,6 @@ def build_pipeline(base: str | BaseSpec, diffusion_model: str | None = None, *, 
             raise ValueError(f"the {spec.name} base takes decoders {list(spec.decoder_components) or '(none)'}, "
                              f"not {name!r}")
         if isinstance(decoder, (str, os.PathLike)):
-            from ..decoders import RidgeDecoder
-
             decoder = RidgeDecoder.from_pretrained(resolve_pretrained(str(decoder)))
         loaded[name] = decoder
     for name, model in (components or {}).items():

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from ..clip import images_to_tensor
 from ..core import save_safetensors_atomic
@@ -96,8 +97,6 @@ class MindEyeInputs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"MindEye inputs file {path} does not exist")
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             tensors = load_file(path)
         elif path.endswith((".pt", ".pth")):
             tensors = torch.load(path, map_location="cpu", weights_only=True)

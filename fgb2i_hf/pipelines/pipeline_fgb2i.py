@@ -27,6 +27,7 @@ index, imports the ``fgb2i_hf`` modules its components live in (never any other 
 from __future__ import annotations
 
 import importlib
+import inspect
 import numbers
 import os
 from dataclasses import dataclass
@@ -309,8 +310,6 @@ class FgB2IPipeline(DiffusionPipeline):
 
     def step_kwargs(self, generator, eta: float) -> dict:
         """``eta`` and ``generator`` for the schedulers whose ``step`` takes them (DDIM does; UniPC does not)."""
-        import inspect
-
         accepted = set(inspect.signature(self.scheduler.step).parameters)
         kwargs = {}
         if "eta" in accepted:

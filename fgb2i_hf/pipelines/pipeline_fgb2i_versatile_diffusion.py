@@ -36,6 +36,7 @@ from diffusers.pipelines.deprecated.versatile_diffusion import VersatileDiffusio
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, images_to_tensor
+from ..models.mindeye.retrieval import best_of_n
 from .bases import get_base
 from .mindeye_inputs import MindEyeInputs
 from .pipeline_fgb2i import (
@@ -318,8 +319,6 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
     def choose_best(self, candidates: list, predicted: torch.Tensor, num_images_per_prompt: int):
         """MindEye's best-of-N: per image, the candidate whose CLIP-image embedding is closest (cosine) to the
         predicted one. ``candidates``: N tensors (B * n, 3, H, W) in [0, 1]; returns (B * n, 3, H, W)."""
-        from ..models.mindeye.retrieval import best_of_n
-
         stacked = torch.stack(candidates, dim=1)  # (B * n, N, 3, H, W)
         embeds = torch.stack([self.encode_images(c) for c in candidates], dim=1)  # (B * n, N, T, D)
         target = repeat_rows(predicted, num_images_per_prompt).to(embeds.device, embeds.dtype)

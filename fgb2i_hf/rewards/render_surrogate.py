@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..core import loading_config_field
 from ..models.render_surrogate import RenderSurrogate, RenderSurrogateConfig
 from .rendering import RendererSettings, TextToImageRenderer, identity_key, weights_sha256
 
@@ -37,6 +38,7 @@ def clip_identity(scorer) -> dict:
 
 def spearman(a, b) -> float:
     """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
+    # imported here: scipy is a heavy import, needed only on this path
     from scipy.stats import spearmanr
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -181,8 +183,6 @@ def check_surrogate_clip(surrogate: RenderSurrogate, scorer, where: str = "the s
 
 def load_render_surrogate(path: str, renderer=None, scorer=None, device=None) -> RenderSurrogate:
     """A fitted surrogate from its folder, checked against ``renderer`` and ``scorer`` when given."""
-    from ..core import loading_config_field
-
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"render surrogate {path!r}: expected a folder with config.json and "
                                 "model.safetensors, written by recipes/fit_reward_surrogate.py")

@@ -23,6 +23,8 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 import torch
 
+from ..core import resolve_pretrained
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -141,9 +143,9 @@ class TextToImageRenderer:
 
     @staticmethod
     def _load(name: str, dtype: torch.dtype):
+        # imported here: diffusers is a heavy import, needed only on this path
         from diffusers import DiffusionPipeline
 
-        from ..core import resolve_pretrained
 
         return DiffusionPipeline.from_pretrained(resolve_pretrained(name), dtype=dtype, safety_checker=None,
                                                  requires_safety_checker=False)
@@ -151,6 +153,7 @@ class TextToImageRenderer:
     @staticmethod
     def _configure(pipeline, settings: RendererSettings):
         if settings.scheduler:
+            # imported here: diffusers is a heavy import, needed only on this path
             import diffusers
 
             cls = getattr(diffusers, settings.scheduler, None)
@@ -158,8 +161,6 @@ class TextToImageRenderer:
                 raise ValueError(f"scheduler {settings.scheduler!r} is not a diffusers scheduler class")
             pipeline.scheduler = cls.from_config(pipeline.scheduler.config)
         if settings.lora:
-            from ..core import resolve_pretrained
-
             pipeline.load_lora_weights(resolve_pretrained(settings.lora))
             pipeline.fuse_lora()
             pipeline.unload_lora_weights()  # the fused weights stay; the adapter layers go

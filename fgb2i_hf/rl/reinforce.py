@@ -35,6 +35,7 @@ Implementation notes:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -44,17 +45,28 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from accelerate.utils import gather_object
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
+from transformers import SchedulerType, get_scheduler
 
 from ..core import append_jsonl, atomic_write_json
-from ..core.checkpoints import (STATE_NAME, check_random_states, find_checkpoint, list_checkpoints, read_json_state,
-                               reading, save_accelerate_checkpoint, truncate_log)
+from ..core.checkpoints import (
+    STATE_NAME,
+    check_random_states,
+    find_checkpoint,
+    list_checkpoints,
+    read_json_state,
+    reading,
+    save_accelerate_checkpoint,
+    truncate_log,
+)
 from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
 from ..models.brain_prefix_gpt2 import decode_captions
+from ..rewards import RewardResources
 from ..rewards.registry import call_reward, get_reward
 
 BASELINES = ("none", "greedy", "leave_one_out")
@@ -131,7 +143,6 @@ class ReinforceConfig:
         self._check_numbers()
         if self.caption_column not in CAPTION_COLUMNS:
             raise ValueError(f"caption_column must be one of {CAPTION_COLUMNS}, got {self.caption_column!r}")
-        from transformers import SchedulerType
 
         schedulers = [s.value for s in SchedulerType]
         if self.lr_scheduler_type not in schedulers:
@@ -225,9 +236,6 @@ class ReinforceTrainer:
 
     def __init__(self, model, tokenizer, config: ReinforceConfig, train_dataset, rewards: Sequence[Callable] | None = None,
                  reward_context=None, accelerator=None):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, set_seed
-
         self.config = config
         self.tokenizer = tokenizer
         set_seed(config.seed)
@@ -247,8 +255,6 @@ class ReinforceTrainer:
                     module.p = 0.0
         self.reference_model = None
         if config.kl_coef > 0:
-            import copy
-
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.columns = [c for c in train_dataset.column_names if c != "betas"]
         self.collator = BrainCaptionCollator(tokenizer, caption_column=config.caption_column,
@@ -268,7 +274,6 @@ class ReinforceTrainer:
                                          / config.gradient_accumulation_steps) or 1
         self.total_steps = (config.max_steps if config.max_steps > 0
                             else math.ceil(config.num_train_epochs * self.steps_per_epoch))
-        from transformers import get_scheduler
 
         scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.warmup_steps,
                                   num_training_steps=self.total_steps)
@@ -284,8 +289,6 @@ class ReinforceTrainer:
     def _build_rewards(self, resources) -> list[Callable]:
         """Each configured reward, given the resources it declares (``fgb2i_hf.rewards.reward_needs``) from
         ``resources``, and the trainer's device for those that run models."""
-        from ..rewards import RewardResources
-
         if isinstance(resources, dict):
             resources = RewardResources(values=resources)
         resources.setdefault("device", self.accelerator.device)

@@ -38,10 +38,10 @@ import scipy.io
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import scenes as sc
 from ..core import publish_folder, scratch_folder
 from ..data.coco import COCO_CATEGORIES, COCO_CATEGORY_ID
-from ..data.layout import BETAS_SCALE, NSDPaths, TRIALS_PER_SESSION, subject_id, subject_index
+from ..data.layout import BETAS_SCALE, TRIALS_PER_SESSION, NSDPaths, subject_id, subject_index
+from . import scenes as sc
 
 SIMNSD_VERSION = "1.0"
 _REAL_GRIDS = {"subj01": (81, 104, 83), "subj02": (82, 106, 84), "subj03": (81, 106, 82), "subj04": (85, 99, 80),
@@ -284,6 +284,7 @@ def _write_responses(paths: NSDPaths, cfg, design: _Design, subject: str, rng) -
 
 
 def _write_nifti(path: str, data_xyz: np.ndarray) -> None:
+    # imported here: nibabel is a heavy import, needed only on this path
     import nibabel as nib
 
     os.makedirs(os.path.dirname(path), exist_ok=True)

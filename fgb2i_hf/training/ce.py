@@ -20,6 +20,9 @@ import os
 
 import numpy as np
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from ..core.checkpoints import check_random_states, damaged_random_states, read_json_state, reading
 from ..data.collate import BrainCaptionCollator
@@ -72,19 +75,14 @@ class BrainCaptionTrainer(Trainer):
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         checkpoint = resume_from_checkpoint
         if isinstance(checkpoint, bool) and checkpoint:
-            from transformers.trainer_utils import get_last_checkpoint
-
             checkpoint = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
         if isinstance(checkpoint, (str, os.PathLike)):
             # without it Trainer would restart the schedule at step 0 on the checkpoint's weights
-            from transformers.trainer import TRAINER_STATE_NAME
 
             read_json_state(os.path.join(checkpoint, TRAINER_STATE_NAME), "global_step")
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        from transformers.utils import SAFE_WEIGHTS_NAME
-
         weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
         with reading(weights if os.path.isfile(weights) else resume_from_checkpoint, "model weights"):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -126,6 +124,7 @@ class BrainCaptionTrainer(Trainer):
     def caption_scores(self, dataset) -> dict[str, float]:
         """Decode ``dataset`` (rows split across processes, gathered in order) and score it on the main process;
         every process returns the same numbers."""
+        # imported here: accelerate is a heavy import, needed only on this path
         from accelerate.utils import broadcast_object_list, gather_object
 
         acc = self.accelerator

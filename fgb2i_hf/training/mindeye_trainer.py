@@ -40,8 +40,14 @@ from tqdm.auto import tqdm
 
 from ..core import append_jsonl, atomic_write_json, publish_folder, scratch_folder, versions
 from ..core.checkpoints import STATE_NAME, find_checkpoint, list_checkpoints, save_accelerate_checkpoint, truncate_log
-from ..models.mindeye.losses import (bimixco_epochs, bimixco_loss, low_level_loss, mixco, soft_clip_loss,
-                                     softclip_temperature)
+from ..models.mindeye.losses import (
+    bimixco_epochs,
+    bimixco_loss,
+    low_level_loss,
+    mixco,
+    soft_clip_loss,
+    softclip_temperature,
+)
 from ..models.mindeye.retrieval import top1_identification
 
 LOG_NAME = "log.jsonl"
@@ -221,6 +227,7 @@ class MindEyeTrainer:
     """
 
     def __init__(self, model, config: MindEyeTrainingConfig, train_data: MindEyeTrainData, accelerator=None):
+        # imported here: accelerate is a heavy import, needed only on this path
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 

@@ -26,6 +26,7 @@ def brain_modules(model) -> list[str]:
 
 def lora_config(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0, target_modules=None, **kwargs):
     """A ``peft.LoraConfig`` for LoRA on GPT-2 with the brain side saved and trained in full."""
+    # imported here: peft is a heavy import, needed only on this path
     from peft import LoraConfig
 
     return LoraConfig(
@@ -41,6 +42,7 @@ def lora_config(model, r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0
 
 def add_lora(model, **kwargs):
     """``peft.get_peft_model(model, lora_config(model, **kwargs))``."""
+    # imported here: peft is a heavy import, needed only on this path
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(model, **kwargs))

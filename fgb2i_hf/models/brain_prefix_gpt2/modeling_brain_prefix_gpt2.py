@@ -22,6 +22,7 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import HfApi
 from torch import nn
 from transformers import GPT2LMHeadModel, PreTrainedModel
 from transformers import initialization as init
@@ -30,6 +31,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ...core import as_betas, atomic_write_text, resolve_pretrained
 from .beam_search import fast_generate, resolve_generation_config
 from .configuration_brain_prefix_gpt2 import BrainPrefixGPT2Config, check_subject_name
+from .lora import add_lora
+from .model_card import create_model_card
 
 
 def _default_linear_init(layer: nn.Linear) -> None:
@@ -417,8 +420,6 @@ class BrainPrefixGPT2(PreTrainedModel):
         Default targets: the attention input projections ``c_attn`` of every GPT-2 block. The subject layers, the
         shared layer and the mapper stay fully trainable and are saved with the adapter (``modules_to_save``).
         """
-        from .lora import add_lora
-
         return add_lora(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, **lora_kwargs)
 
     # -- Hub ------------------------------------------------------------------------------------------------------
@@ -426,8 +427,6 @@ class BrainPrefixGPT2(PreTrainedModel):
         """``PreTrainedModel.save_pretrained`` (safetensors, config.json), plus a README.md model card built from the
         config: pass ``model_card=dict(datasets=..., metrics=..., ...)`` (``create_model_card``'s arguments) to
         describe the data and results, or ``model_card=False`` to write none."""
-        from .model_card import create_model_card
-
         if kwargs.pop("push_to_hub", False):
             raise ValueError("use model.push_to_hub(repo_id, model_card=...) to upload; it writes the model card")
         super().save_pretrained(save_directory, *args, **kwargs)
@@ -450,8 +449,6 @@ class BrainPrefixGPT2(PreTrainedModel):
         model_card: dict | None = None,
     ) -> str:
         """Upload weights, config and the generated model card (``model_card`` as in ``save_pretrained``)."""
-        from huggingface_hub import HfApi
-
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         card = {"repo_id": repo_id, **(model_card or {})}

@@ -36,6 +36,7 @@ import pickle
 import re
 
 import torch
+from safetensors.torch import load_file
 
 from ...core import publish_folder, scratch_folder
 from .configuration_mindeye import MindEyeConfig
@@ -106,8 +107,6 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MindEye checkpoint {path} does not exist")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         obj = load_file(path)
     else:
         try:

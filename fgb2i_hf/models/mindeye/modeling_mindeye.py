@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ...core import as_betas
+from ...core import as_betas, resolve_pretrained
 from .configuration_mindeye import MindEyeConfig
 from .prior import MindEyeDiffusionPrior, MindEyePriorNetwork, PriorAttention, PriorLayerNorm
 
@@ -127,6 +127,7 @@ class MindEyeLowLevel(nn.Module):
 
     def __init__(self, config: MindEyeConfig):
         super().__init__()
+        # imported here: diffusers is a heavy import, needed only on this path
         from diffusers.models.autoencoders.vae import Decoder
 
         h, c, s = config.low_level_hidden_size, config.low_level_channels, config.low_level_side
@@ -293,8 +294,6 @@ class MindEyeModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained``, after mapping ``simnsd/<component>`` to the packaged SimNSD world."""
-        from ...core import resolve_pretrained
-
         return super().from_pretrained(resolve_pretrained(pretrained_model_name_or_path), *args, **kwargs)
 
 

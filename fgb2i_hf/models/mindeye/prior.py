@@ -34,6 +34,7 @@ from torch import nn
 def prior_scheduler(num_train_timesteps: int):
     """DALLE2's prior diffusion as a diffusers scheduler: cosine betas (capped at 0.999), x0 prediction, no clipping,
     posterior variance as the sampling variance."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",

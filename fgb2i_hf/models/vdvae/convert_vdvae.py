@@ -22,7 +22,9 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 
+from ...core import publish_folder, scratch_folder
 from .modeling_vdvae import VDVAEModel
 
 # (released name, our name); {i} a block index, {c} a conv of a bottleneck block, {p} weight or bias
@@ -134,8 +136,6 @@ def load_released_checkpoint(path: str) -> dict[str, torch.Tensor]:
 def convert_checkpoint(checkpoint: str, output_dir: str, config: dict | None = None,
                        dtype: torch.dtype = torch.float32) -> VDVAEModel:
     """Convert ``checkpoint`` into a ``VDVAEModel`` saved at ``output_dir`` (replaced whole if it exists)."""
-    from ...core import publish_folder, scratch_folder
-
     weights = convert_state_dict(load_released_checkpoint(checkpoint), config)
     with torch.device("meta"):
         model = VDVAEModel(**(config or {}))
@@ -158,8 +158,6 @@ class ConvertVDVAEArguments:
 
 
 def main(argv=None):
-    from transformers import HfArgumentParser
-
     (args,) = HfArgumentParser(ConvertVDVAEArguments).parse_args_into_dataclasses(argv)
     config = None
     if args.config:

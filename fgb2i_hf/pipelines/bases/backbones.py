@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ...tiny import tiny_sd_components, tiny_vd_components
 from .spec import Backbone
 
 
 def _sd_classes() -> dict:
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     return {"vae": AutoencoderKL, "text_encoder": CLIPTextModel, "tokenizer": CLIPTokenizer,
             "unet": UNet2DConditionModel}
 
 
 def _vd_classes() -> dict:
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
-    from transformers import (CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer,
-                              CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+    )
 
     return {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModelWithProjection,
             "image_encoder": CLIPVisionModelWithProjection, "image_feature_extractor": CLIPImageProcessor,
@@ -25,14 +33,10 @@ def _vd_classes() -> dict:
 
 
 def _tiny_sd(seed: int) -> dict:
-    from ...tiny import tiny_sd_components
-
     return tiny_sd_components(seed=seed)
 
 
 def _tiny_vd(seed: int) -> dict:
-    from ...tiny import tiny_vd_components
-
     return tiny_vd_components(seed=seed)
 
 

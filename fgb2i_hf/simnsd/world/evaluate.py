@@ -14,9 +14,15 @@ import textwrap
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
+from ...clip import CLIPScorer
 from ...core import resolve_pretrained, save_png_atomic
+from .clip import retrieval
 from .data import load_world_data
+from .diffusion import evaluate_diffusion
+from .gpt2 import perplexity
 
 
 def evaluate_world(nsd_root: str, cache_dir: str | None = None, prefix: str = "simnsd/",
@@ -25,13 +31,9 @@ def evaluate_world(nsd_root: str, cache_dir: str | None = None, prefix: str = "s
 
     ``prefix``: ``"simnsd/"`` (the shipped world) or a folder holding the component folders.
     """
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import DiffusionPipeline
-    from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from ...clip import CLIPScorer
-    from .clip import retrieval
-    from .diffusion import evaluate_diffusion
-    from .gpt2 import perplexity
 
     def path(component):
         return resolve_pretrained(prefix + component) if prefix == "simnsd/" else os.path.join(prefix, component)
@@ -62,8 +64,6 @@ def evaluate_world(nsd_root: str, cache_dir: str | None = None, prefix: str = "s
 def retrieval_figure(scorer, split, path: str, n: int = 6, k: int = 3, fine: bool = True) -> str:
     """A PNG: ``n`` test images, each with the ``k`` captions (of all the split's captions) the CLIP ranks
     highest; the image's own captions are marked ``*``. Returns ``path``."""
-    from PIL import Image, ImageDraw
-
     captions = split.fine_captions if fine else split.captions
     owner = np.array([i for i, caps in enumerate(captions) for _ in caps])
     texts = [c for caps in captions for c in caps]

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
+from ...tokenization import train_caption_tokenizer
 from .loop import TrainLoop
 
 
@@ -68,10 +70,6 @@ def perplexity(model, tokenizer, texts, batch_size: int = 256, device="cpu") -> 
 
 def train_gpt2(config: GPT2TrainingConfig, data, seed: int = 0, device: str = "cpu", progress: bool = True):
     """Train tokenizer and model on ``data.train`` captions; returns ``(model, tokenizer, record)``."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from ...tokenization import train_caption_tokenizer
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     texts = data.train.all_captions(fine=True)

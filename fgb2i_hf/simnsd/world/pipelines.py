@@ -16,6 +16,7 @@ import os
 import torch
 
 from ...core import resolve_pretrained
+from ...pipelines import build_pipeline
 
 
 def world_ldm_decoders(subject: str) -> dict[str, str]:
@@ -38,7 +39,5 @@ def world_ldm_pipeline(subject: str, brain_model=None, caption_tokenizer=None, d
             ``simnsd/gpt2``; ``None`` for a pipeline that needs ``captions=`` whenever ``w > 0``.
         caption_tokenizer: the brain model's tokenizer, when ``brain_model`` is an object.
     """
-    from ...pipelines import build_pipeline
-
     return build_pipeline("ldm", "simnsd/diffusion", brain_model=brain_model, caption_tokenizer=caption_tokenizer,
                           decoders=world_ldm_decoders(subject), dtype=dtype, device=device)

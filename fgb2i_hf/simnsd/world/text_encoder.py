@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from fgb2i_hf.clip import openai_clip_tokenizer as clip_tokenizer
 
 PAD_TOKEN = "!"  # id 0 in CLIP's BPE vocabulary: open_clip's padding
 
@@ -35,8 +38,6 @@ def world_clip_tokenizer(context_length: int = 77):
     """OpenAI CLIP's BPE as a ``CLIPTokenizer`` (offline, from open_clip's bundled vocabulary), padding with "!"
     (id 0) and ``model_max_length=context_length``: ``tok(texts, padding="max_length", truncation=True)`` gives
     the same ids as ``open_clip.tokenizer.SimpleTokenizer(context_length)(texts)``."""
-    from fgb2i_hf.clip import openai_clip_tokenizer as clip_tokenizer
-
     tokenizer = clip_tokenizer(model_max_length=context_length)
     tokenizer.pad_token = PAD_TOKEN
     if tokenizer.pad_token_id != 0:
@@ -56,8 +57,8 @@ def _open_clip_model(model) -> nn.Module:
 
 def open_clip_text_config(model, quick_gelu: bool | None = None, with_projection: bool = False):
     """The ``CLIPTextConfig`` describing ``model``'s text tower; raises for features CLIPTextModel lacks."""
+    # imported here: open_clip is a heavy import, needed only on this path
     from open_clip.transformer import QuickGELU, ResidualAttentionBlock
-    from transformers import CLIPTextConfig
 
     model = _open_clip_model(model)
     blocks = list(model.transformer.resblocks)
@@ -103,8 +104,6 @@ def convert_open_clip_text_to_hf(model, with_projection: bool = False):
     ``hf(ids).last_hidden_state`` equals :func:`open_clip_token_features` of the same ids, and (with projection)
     ``hf(ids).text_embeds`` equals ``model.encode_text(ids)`` when each sequence has one end-of-text token.
     """
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
     model = _open_clip_model(model)
     config = open_clip_text_config(model, with_projection=with_projection)
     hf = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)

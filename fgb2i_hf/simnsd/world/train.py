@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...clip import CLIPScorer
 from ...core import publish_folder, scratch_folder, world_dir
 from .clip import CLIPTrainingConfig, train_clip
 from .data import load_world_data, simulate_world_nsd
@@ -154,8 +155,6 @@ def train_world(config: TrainWorldConfig, clip: CLIPTrainingConfig | None = None
 
 def _train_diffusion(config: TrainWorldConfig, data, output_dir: str, vae_config: VAETrainingConfig,
                      unet_config: UNetTrainingConfig) -> dict:
-    from ...clip import CLIPScorer
-
     start = time.time()
     scorer = CLIPScorer.from_pretrained(os.path.join(output_dir, "clip"))
     text_encoder = convert_open_clip_text_to_hf(scorer)

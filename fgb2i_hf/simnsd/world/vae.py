@@ -37,6 +37,7 @@ class VAETrainingConfig:
     vae_warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps."})
 
     def model(self, image_size: int = 64):
+        # imported here: diffusers is a heavy import, needed only on this path
         from diffusers import AutoencoderKL
 
         n = len(self.vae_block_out_channels)

@@ -24,8 +24,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ...core import save_png_atomic
+from ...metrics import pixcorr
+from ...models.vdvae import VDVAEModel
 from .loop import TrainLoop, update_ema
 
 
@@ -60,8 +63,6 @@ class VDVAETrainingConfig:
         "help": "Weight EMA decay; the EMA model is the one shipped (VDVAE ImageNet: 0.999 over 1.6M steps)."})
 
     def model(self, pixel_mean: float, pixel_std: float, image_size: int = 64):
-        from ...models.vdvae import VDVAEModel
-
         return VDVAEModel(image_size=image_size, width=self.vdvae_width, zdim=self.vdvae_zdim,
                           enc_blocks=self.vdvae_enc_blocks, dec_blocks=self.vdvae_dec_blocks,
                           custom_width_str=self.vdvae_custom_width_str,
@@ -84,8 +85,6 @@ def reconstruction_metrics(model, images: np.ndarray, mean_image: np.ndarray, se
     ``num_target_layers`` posterior means, the rest from the prior at temperature 1 (Brain-Diffuser's decode),
     output sampled and output mean. ``mean_image``: the mean train image for every test image.
     """
-    from ...metrics import pixcorr
-
     k = model.config.num_target_layers
     runs = {"all_layers": dict(num_layers=model.num_layers, output="mean"),
             "first_k_output_mean": dict(num_layers=k, output="mean"),
@@ -156,8 +155,6 @@ def train_vdvae(config: VDVAETrainingConfig, data, seed: int = 0, device: str = 
 def reconstruction_figure(model, images: np.ndarray, path: str, seed: int = 0, scale: int = 2) -> str:
     """A PNG of rows: ground truth | all layers (output mean) | the first k layers, rest from the prior (output
     sampled, as Brain-Diffuser) | the same, output mean | unconditional samples (output mean)."""
-    from PIL import Image
-
     x = to_unit(images)
     k = model.config.num_target_layers
     generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
