@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core import TINY_RANDOM
 from .reconstruct import load_images
 
 
@@ -27,8 +28,9 @@ class EvaluateReconstructionsConfig:
     baseline: str | None = field(default=None, metadata={"help": "Row the others show deltas against."})
     nsd_ids: list[int] | None = field(default=None, metadata={"help": "Score these ids (default: all in common)."})
     feature_models: str = field(default="pretrained", metadata={
-        "help": "pretrained (torchvision, SwAV, OpenAI CLIP ViT-L/14) or random (same architectures, random "
-                "weights: mechanics only).", "choices": ["pretrained", "random"]})
+        "help": "pretrained (torchvision, SwAV, OpenAI CLIP ViT-L/14), random (same architectures, random "
+                "weights: mechanics only) or tiny-random (tiny random networks: mechanics only, fast).",
+        "choices": ["pretrained", "random", TINY_RANDOM]})
     clip_model: str = field(default="ViT-L-14-quickgelu", metadata={
         "help": "open_clip name with OpenAI weights (MindEye: ViT-L/14) or a CLIPScorer folder (simnsd/clip)."})
     swav_weights: str | None = field(default=None, metadata={
@@ -68,6 +70,10 @@ def feature_models_for(config: EvaluateReconstructionsConfig):
     from ..metrics import load_feature_models
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if config.feature_models == TINY_RANDOM:
+        from ..metrics import tiny_feature_models
+
+        return tiny_feature_models(seed=config.seed, device=device)
     if config.feature_models == "random":
         from ..tiny import tiny_clip_scorer
 
