@@ -144,7 +144,7 @@ class NSD(datasets.GeneratorBasedBuilder):
                        for s in SUBJECTS]
     DEFAULT_CONFIG_NAME = "subj01"
     DEFAULT_WRITER_BATCH_SIZE = _BLOCK_ROWS
-    VERSION = datasets.Version("1.0.0")
+    VERSION = datasets.Version("1.1.0")  # 1.1: the validation split and the data contract
 
     def __init__(self, config_name: str = "subj01", data_dir: str | None = None, **kwargs):
         if not data_dir:
@@ -210,6 +210,10 @@ class NSD(datasets.GeneratorBasedBuilder):
         paths = NSDPaths(cfg.data_dir, cfg.betas_type, cfg.annotations_dir)
         layout = self._layout(paths)
         design = read_expdesign(paths)
+
+        def held_out(nsd_id):
+            return is_validation_image(nsd_id, cfg.validation_fraction)
+
         self._bd_captions = None
         if layout == "raw":
             average_train = bool(cfg.average_train)  # None -> single trials
@@ -219,7 +223,7 @@ class NSD(datasets.GeneratorBasedBuilder):
             self._meta = self._metadata(paths, table.nsd_ids)
             labels = read_nsdgeneral(paths, cfg.subject)
             scratch = os.path.join(self._output_dir, f"{cfg.subject}.betas.scratch")
-            self._source = RawBetasSource(table, files, labels, scratch, average_train, cfg.zscore)
+            self._source = RawBetasSource(table, files, labels, scratch, average_train, cfg.zscore, held_out)
             mask = array_fingerprint(labels > 0)
         else:
             if cfg.average_train is False:
@@ -240,7 +244,7 @@ class NSD(datasets.GeneratorBasedBuilder):
                     else f"brain-diffuser:{self._source.n_vox}")
             self._meta = self._metadata(paths, self._source.table.nsd_ids)
             self._bd_captions = self._source.captions
-        self._source.hold_out(lambda nsd_id: is_validation_image(nsd_id, cfg.validation_fraction))
+        self._source.hold_out(held_out)
         self._stats = self._statistics(self._source)
         self._stats.save(os.path.join(self._output_dir, STATS_FILENAME))
         contract = DataContract(subjects=(cfg.subject,), sessions=int(sessions), average_train=average_train,

@@ -17,6 +17,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ..core import atomic_write_text
+from ..data.contract import DataContract
 from ..pipelines import get_base
 from .reconstruct import ReconstructConfig, load_images, reconstruct
 
@@ -147,6 +148,13 @@ def compare_bases(config: CompareBasesConfig, dataset=None, stimuli=None, featur
                                                 batch_size=config.eval_batch_size, device=config.device,
                                                 progress=progress)
         pairs[fgb2i] = label
+    contracts = {base: DataContract.find(os.path.join(config.output_dir, base)) for base in config.bases}
+    known = [(base, c) for base, c in contracts.items() if c is not None]
+    for base, contract in known[1:]:  # one table, one test split: every base's data must agree
+        known[0][1].check_compatible(contract, f"the {known[0][0]} reconstructions", f"the {base} reconstructions",
+                                     subjects=[config.subject])
+    if known:
+        known[0][1].save(config.output_dir)
     table = comparison_table(rows, pairs)
     note = ""
     if config.feature_models != "pretrained":

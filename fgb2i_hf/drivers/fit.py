@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..core import TINY_RANDOM, atomic_write_json, atomic_write_text, loading_config_field, versions
+from ..data import data_contract
 from ..data.layout import subject_list
 from ..decoders.ridge import RidgeDecoder
 from ..decoders.targets import extract_targets
@@ -77,6 +78,9 @@ class FitDecodersConfig:
         "help": "Average train repetitions (default: the base's: no for ldm as Takagi, yes for brain_diffuser)."})
     max_train_rows: int | None = field(default=None, metadata={"help": "Fit on the first N train rows (quick runs)."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache for the NSD build (default HF's)."})
+    score_split: str = field(default="validation", metadata={
+        "help": "Held-out split the decoders are scored on (metrics.json); the test split is left to the final "
+                "evaluation of the reconstructions."})
 
     def __post_init__(self):
         for name in ("alphas", "target_models"):
@@ -84,6 +88,9 @@ class FitDecodersConfig:
             if isinstance(value, str):
                 setattr(self, name, json.loads(value) if value.strip() else None)
         self.subjects = subject_list(self.subjects)  # checked before any data is built
+        if self.score_split == "test":
+            raise ValueError("score_split='test': the test split is read only by the final evaluation; score the "
+                             "decoders on 'validation'")
 
     @property
     def spec(self) -> BaseSpec:
@@ -201,8 +208,9 @@ def _load_dataset(config: FitDecodersConfig):
 def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress: bool = True) -> dict:
     """Extract targets, fit, score and save every (subject, target) decoder. Returns the metrics.
 
-    ``dataset`` (a ``DatasetDict`` with NSD rows) and ``stimuli`` (``get(ids) -> uint8 images``) default to
-    ``load_nsd(config.nsd_root, ...)`` and ``NSDStimuli(config.nsd_root)``.
+    ``dataset`` (a ``DatasetDict`` with NSD rows and their data contract, as ``load_nsd`` returns them) and
+    ``stimuli`` (``get(ids) -> uint8 images``) default to ``load_nsd(config.nsd_root, ...)`` and
+    ``NSDStimuli(config.nsd_root)``. The rows' data contract is saved beside the decoders.
     """
     spec = config.spec
     if not spec.targets:
@@ -217,7 +225,9 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
     os.makedirs(config.output_dir, exist_ok=True)
     _save_config(config)
 
-    rows = {split: _subject_rows(dataset[split], config.subjects, split) for split in ("train", "test")}
+    contract = data_contract(dataset).for_subjects(config.subjects)
+    held_out = config.score_split
+    rows = {split: _subject_rows(dataset[split], config.subjects, split) for split in ("train", held_out)}
     if config.max_train_rows is not None:
         rows["train"] = {s: r.select(range(min(len(r), config.max_train_rows))) for s, r in rows["train"].items()}
     image_ids, captions = _images_and_captions(rows, config.caption_column)
@@ -236,7 +246,7 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
 
     metrics = {}
     for subject in config.subjects:
-        betas = {split: betas_matrix(rows[split][subject]) for split in ("train", "test")}
+        betas = {split: betas_matrix(rows[split][subject]) for split in ("train", held_out)}
         index = {split: np.searchsorted(image_ids, np.asarray(rows[split][subject]["nsd_id"])) for split in betas}
         for name in targets:
             decoder = RidgeDecoder(num_voxels=betas["train"].shape[1], target_shape=cache[name].shape[1:],
@@ -244,16 +254,17 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
                                    alpha_per_target=config.alpha_per_target, center_targets=config.center_targets,
                                    subject=subject, target_name=name)
             decoder.fit(betas["train"], cache[name][index["train"]], device=config.device, progress=progress)
-            truth = cache[name][index["test"]]
+            truth = cache[name][index[held_out]]
             scores = {"fit": decoder.config.fit_summary,
-                      "test": score_predictions(decoder.predict(betas["test"]).cpu().numpy(), truth)}
+                      held_out: score_predictions(decoder.predict(betas[held_out]).cpu().numpy(), truth)}
             if len(truth) > 1:
-                scores["test_rescaled"] = score_predictions(
-                    decoder.predict(betas["test"], rescale=True).cpu().numpy(), truth)
+                scores[f"{held_out}_rescaled"] = score_predictions(
+                    decoder.predict(betas[held_out], rescale=True).cpu().numpy(), truth)
             decoder.save_pretrained(os.path.join(config.output_dir, subject, name))
             metrics.setdefault(subject, {})[name] = scores
             del decoder
     _write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
+    contract.save(config.output_dir)  # written last: a folder with a contract holds a finished fit
     return metrics
 
 

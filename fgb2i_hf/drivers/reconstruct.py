@@ -20,13 +20,15 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import append_jsonl, atomic_write_text, save_png_atomic, versions
+from ..core import TINY_RANDOM, append_jsonl, atomic_write_text, betas_tensor, resolve_pretrained, save_png_atomic, versions
+from ..data import data_contract, load_nsd
+from ..data.contract import SHARED_FIELDS, ContractError, DataContract
 from ..pipelines import build_pipeline, get_base
 from .fit import recorded_target_models
 
@@ -83,6 +85,7 @@ class ReconstructConfig:
                                                     "choices": ["float32", "float16", "bfloat16"]})
     device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
     grid_rows: int = field(default=8, metadata={"help": "Rows of grid.png."})
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache of the NSD builds (default HF's)."})
     caption_column: str = field(default="fine_captions", metadata={
         "help": "Column whose first entry is printed under GT in the grid (falls back to captions)."})
 
@@ -127,12 +130,64 @@ def load_images(directory: str, nsd_ids, name: str = "image") -> np.ndarray:
     return np.stack(arrays)
 
 
+def upstream_contracts(config: ReconstructConfig) -> dict[str, DataContract]:
+    """``{role: contract}`` of the artifacts this run reads: the brain model (``"captions"``) and the base's own
+    models (``"base"``: its decoders, or its trained components such as MindEye's model), each from the
+    ``data_contract.json`` beside it. They must agree on every shared field (the test split, sessions, voxels,
+    z-scoring, validation rule); ``ContractError`` names the two artifacts otherwise."""
+    found = {}
+    if isinstance(config.brain_model, str) and config.brain_model != TINY_RANDOM:
+        contract = DataContract.find(resolve_pretrained(config.brain_model))
+        if contract is not None:
+            found[f"the brain model {config.brain_model}"] = ("captions", contract)
+    base_sources = [(f"the {config.base} decoders {config.decoders_dir}", config.decoders_dir)]
+    base_sources += [(f"the {config.base} component {name}={path}", path)
+                     for name, path in (config.components or {}).items() if isinstance(path, str)]
+    for label, path in base_sources:
+        contract = DataContract.find(resolve_pretrained(path)) if path and path != TINY_RANDOM else None
+        if contract is not None:
+            found[label] = ("base", contract)
+    labels = list(found)
+    for label in labels[1:]:
+        found[labels[0]][1].check_compatible(found[label][1], labels[0], label, subjects=[config.subject])
+    base = [c for role, c in found.values() if role == "base"]
+    for other in base[1:]:  # one base's own models were all fitted on rows normalised the same way
+        base[0].check_compatible(other, f"the {config.base} base's models", "another of them",
+                                 fields=("average_train", "stats"), subjects=[config.subject])
+    out = {role: contract for role, contract in found.values()}
+    for role, contract in out.items():
+        if config.subject not in contract.subjects:
+            raise ContractError(f"subject {config.subject} is not among the subjects {list(contract.subjects)} of the "
+                                f"{role} artifacts")
+    return out
+
+
+def rows_under(config: ReconstructConfig, contract: DataContract | None, dataset=None):
+    """The split's rows of the subject built the way ``contract``'s artifact was trained (``dataset`` when it
+    already is; the load_nsd defaults without a contract)."""
+    if dataset is not None:
+        if contract is None:
+            return dataset
+        try:
+            mine = data_contract(dataset)
+        except ValueError:
+            mine = None
+        if mine is not None and not contract.differences(mine, SHARED_FIELDS + ("average_train", "stats"),
+                                                          subjects=[config.subject]):
+            return dataset
+    options = contract.nsd_options() if contract is not None else {}
+    data = load_nsd(config.nsd_root, subjects=[config.subject], cache_dir=config.cache_dir, **options)
+    if contract is not None:
+        data.data_contract.check_compatible(contract.for_subjects([config.subject]),
+                                            f"the NSD rows of {config.nsd_root}", "the artifact that needs them",
+                                            fields=SHARED_FIELDS + ("average_train", "stats"))
+    return data[config.split]
+
+
 def split_rows(config: ReconstructConfig, dataset=None):
     """The split's rows of the subject, each nsd_id once (the first row), at most ``max_samples``."""
     if dataset is None:
-        from ..data import load_nsd
-
-        dataset = load_nsd(config.nsd_root, subjects=[config.subject])[config.split]
+        dataset = load_nsd(config.nsd_root, subjects=[config.subject], cache_dir=config.cache_dir)[config.split]
     subjects = dataset["subject"]
     ids = dataset["nsd_id"]
     seen, rows = set(), []
@@ -235,15 +290,27 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
     from ..pipelines.mindeye_inputs import MindEyeInputs
 
     spec = get_base(config.base)
-    rows = split_rows(config, dataset)
-    betas = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) for b in rows.with_format("numpy")["betas"]]))
+    contracts = upstream_contracts(config)
+    caption_contract = contracts.get("captions", contracts.get("base"))
+    base_contract = contracts.get("base", caption_contract)
+    rows = split_rows(config, rows_under(config, caption_contract, dataset))
+    betas = betas_tensor(rows.with_format("numpy", columns=["betas"])[:]["betas"])
+    base_betas = None  # the base's models get rows normalised as they were fit (e.g. averaged-row statistics)
+    if base_contract is not caption_contract and base_contract.differences(
+            caption_contract, ("average_train", "stats"), subjects=[config.subject]):
+        base_rows = split_rows(replace(config, max_samples=None), rows_under(config, base_contract, dataset))
+        position = {int(i): k for k, i in enumerate(base_rows["nsd_id"])}
+        order = [position[int(i)] for i in rows["nsd_id"]]
+        base_betas = betas_tensor(base_rows.select(order).with_format("numpy", columns=["betas"])[:]["betas"])
     pipe = pipe if pipe is not None else pipeline_for(config, betas.shape[1])
     pipe.set_progress_bar_config(disable=True)
     for folder in ("fgb2i", "base") if config.run_base else ("fgb2i",):
         os.makedirs(os.path.join(config.output_dir, folder), exist_ok=True)
     _write_settings(config)
+    if caption_contract is not None:  # the data these reconstructions were made from (the shared fields agree)
+        caption_contract.for_subjects([config.subject]).save(config.output_dir)
     nsd_ids = [int(i) for i in rows["nsd_id"]]
-    features = _base_features(pipe, config, betas)
+    features = _base_features(pipe, config, betas if base_betas is None else base_betas)
     mindeye = (MindEyeInputs.from_file(config.mindeye_inputs, embed_shape=None)
                if config.mindeye_inputs is not None else None)
     accepted = inspect.signature(pipe.__call__).parameters
@@ -282,6 +349,8 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
 
         runs = [("fgb2i", config.w)] + ([("base", 0.0)] if config.run_base else [])
         for folder, w in runs:
+            if base_betas is not None:
+                inputs["base_betas"] = base_betas[index]
             out = pipe(betas[index], config.subject, w=w, fusion=config.fusion, generator=generators(), **inputs,
                        **call)
             for j, image in enumerate(out.images):

@@ -336,6 +336,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         betas=None,
         subject: str | list[str] | None = None,
         *,
+        base_betas=None,
         w: float = 0.5,
         fusion: str = "average",
         captions: list[str] | None = None,
@@ -364,7 +365,10 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         """Reconstruct images from betas on the pipeline's base (``self.config.base``).
 
         Args:
-            betas, subject: as in ``FgB2ILDMPipeline``; needed for captions (w > 0) and ridge predictions.
+            betas, subject: as in ``FgB2ILDMPipeline``; needed for captions (w > 0) and the base's models.
+            base_betas: the same rows normalised as the base's own models (ridge decoders, MindEye) were fit, when
+                that differs from the brain model's (e.g. Brain-Diffuser's decoders on repetition-averaged rows);
+                default ``betas``.
             w, fusion, captions: the text bridge (see ``pipeline_fgb2i``).
             image: the low-level reconstructions to start from (B images: PIL, uint8 (B, H, W, 3) or float
                 (B, 3, H, W) in [0, 1]); ``None``: the base's own low-level stage (Brain-Diffuser's VDVAE from
@@ -403,6 +407,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         device, dtype = self._execution_device, self.image_unet.dtype
         if betas is not None:
             betas, subject = prepare_betas(betas, subject)
+        base_betas = betas if base_betas is None else self.check_base_betas(base_betas, betas, subject)
         if mindeye_inputs is not None:
             if nsd_ids is None:
                 raise ValueError("`mindeye_inputs` needs `nsd_ids` (one per row) to look the inputs up")
@@ -423,11 +428,11 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         row_generators = derived_generators(self.row_generators(generator, batch_size, num_images_per_prompt),
                                             LOW_LEVEL_SALT)
         if base_vision_embeds is None and self.mindeye_model is not None:
-            base_vision_embeds, blurry = self.mindeye_inputs_from_betas(betas, subject, row_generators,
+            base_vision_embeds, blurry = self.mindeye_inputs_from_betas(base_betas, subject, row_generators,
                                                                         vision_tokens or self.vision_tokens)
             image = blurry if image is None else image
         if image is None and (low_level_latents is not None or self.vdvae_decoder is not None):
-            image = self.vdvae_images(betas, subject, low_level_latents, row_generators)
+            image = self.vdvae_images(base_betas, subject, low_level_latents, row_generators)
         init_images_out = images_to_tensor(image) if image is not None else None
         if vision_tokens is None and base_vision_embeds is not None:
             vision_tokens = torch.as_tensor(base_vision_embeds).shape[-2]
@@ -439,14 +444,14 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
                 raise ValueError(f"the {self.config.base} base needs its CLIP-image embeddings: pass "
                                  "`base_vision_embeds` (or `mindeye_inputs` with `nsd_ids`), or give the pipeline a "
                                  "`clip_vision_decoder`")
-            base_vision_embeds = self.predict_with(self.clip_vision_decoder, "clip_vision_decoder", self._need(betas),
+            base_vision_embeds = self.predict_with(self.clip_vision_decoder, "clip_vision_decoder", self._need(base_betas),
                                                    subject, vision_shape, device, dtype)
         vision = self.check_embeds("base_vision_embeds", base_vision_embeds, batch_size, vision_shape, device, dtype)
         if base.normalize_vision_embeds:
             vision = vision / (vision[:, :1].norm(dim=-1, keepdim=True) + 1e-6)
         if base.base_text == "decoder":
             if base_text_embeds is None:
-                base_text_embeds = self.predict_with(self.clip_text_decoder, "clip_text_decoder", self._need(betas),
+                base_text_embeds = self.predict_with(self.clip_text_decoder, "clip_text_decoder", self._need(base_betas),
                                                      subject, text_shape, device, dtype)
             base_text = self.check_embeds("base_text_embeds", base_text_embeds, batch_size, text_shape, device,
                                           dtype)

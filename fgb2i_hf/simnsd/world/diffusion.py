@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core import save_png_atomic
+from .loop import TrainLoop, update_ema
 from .vae import encode_latents, to_vae_input
 
 
@@ -99,9 +101,6 @@ def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, s
                progress: bool = True):
     """Train the UNet on ``data.train`` (latents of ``vae``, captions through ``text_encoder``); returns
     ``(StableDiffusionPipeline with the EMA UNet, record)``."""
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -130,12 +129,10 @@ def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, s
     unet = config.model(mean.shape[-1], mean.shape[1], states.shape[-1]).to(device).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=0.01)
-    total = max(1, config.unet_steps)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(config.unet_warmup_steps, total // 2), total)
     alphas_cumprod = scheduler.alphas_cumprod
-    losses = []
-    with tqdm(total=total, desc="simnsd/diffusion unet", disable=not progress) as bar:
-        for step in range(total):
+    with TrainLoop(optimizer, unet.parameters(), config.unet_steps, config.unet_warmup_steps, "simnsd/diffusion unet",
+                   progress, grad_clip=1.0, window=50, digits=4, start=start) as loop:
+        for step in range(loop.steps):
             rows = rng.choice(len(train), config.unet_batch_size, replace=len(train) < config.unet_batch_size)
             caption_rows = [fine_rows[i][rng.integers(len(fine_rows[i]))]
                             if fine_rows[i] and rng.random() < config.unet_fine_caption_probability
@@ -150,23 +147,12 @@ def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, s
             s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
             noisy, target = a * z + s * noise, a * noise - s * z  # v = alpha * eps - sigma * x0
             pred = unet(noisy.to(device), t.to(device), cond.to(device)).sample
-            loss = F.mse_loss(pred, target.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            decay = min(config.unet_ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), unet.parameters()):
-                    e.lerp_(p, 1 - decay)
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            loop.step(F.mse_loss(pred, target.to(device)))
+            update_ema(ema, unet, min(config.unet_ema_decay, (1 + step) / (10 + step)))
     pipe = build_pipeline(vae, text_encoder, tokenizer, ema.to("cpu"), scheduler)
-    record = {"config": asdict(config), "seed": seed, "steps": total, "train_seconds": round(time.time() - start, 1),
-              "text_and_latent_encoding_seconds": round(encode_seconds, 1),
-              "final_loss": float(np.mean(losses[-50:])), "train_pairs": len(texts),
+    losses = loop.losses
+    record = {"config": asdict(config), "seed": seed, **loop.summary(),
+              "text_and_latent_encoding_seconds": round(encode_seconds, 1), "train_pairs": len(texts),
               "loss_curve": [round(float(np.mean(losses[i: i + 100])), 4) for i in range(0, len(losses), 100)]}
     return pipe, record
 
@@ -286,6 +272,6 @@ def sample_grid(pipe, split, path: str, n: int = 8, seed: int = 0, **render_kwar
         lines.append(line)
         draw.text((4, y + size + 1), "\n".join(lines[:2] + [f"COCO: {coco[r]}"][: 3 - min(len(lines), 2)]),
                   fill=(0, 0, 0))
-    canvas.save(path)
+    save_png_atomic(canvas, path)
     return path
 
