@@ -17,6 +17,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .core import atomic_path
 
+_LABELS = {"loss": "loss (train)", "eval_loss": "loss (validation)"}
 _NOT_METRICS = {"eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch", "step"}
 
 
@@ -63,8 +64,8 @@ def training_curves(ce_history: Sequence[Mapping], rl_history: Sequence[Mapping]
         for key in keys:
             x, y = _series(records, key)
             if x:
-                ax.plot(x, y, marker="o" if len(x) < 20 else None, markersize=3,
-                        label=key.removeprefix("eval_").removeprefix("reward/"))
+                ax.plot(x, y, marker="o" if len(x) < 20 else None, markersize=3, label=_LABELS.get(
+                    key, key.removeprefix("eval_").removeprefix("reward/")))
                 drawn += 1
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("optimiser step", fontsize=8)
