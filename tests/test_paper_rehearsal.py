@@ -25,7 +25,7 @@ TINY_MINDEYE = {"hidden_size": 32, "num_blocks": 1, "projector_hidden_size": 32,
                 "prior_dim_head": 8, "prior_timesteps": 10, "low_level_hidden_size": 32, "low_level_num_blocks": 1,
                 "low_level_channels": 8, "low_level_side": 4, "low_level_block_out_channels": [8, 8, 8], "low_level_norm_num_groups": 4}
 RECONSTRUCT = {"diffusion_model": "tiny-random", "num_inference_steps": 2, "max_samples": 2, "batch_size": 2,
-               "num_beams": 2, "max_new_tokens": 6, "dtype": "float32", **CPU}
+               "num_beams": 2, "max_new_tokens": 6, "height": 32, "width": 32, "dtype": "float32", **CPU}
 OVERRIDES = {
     "enhance": {"model_name_or_path": "tiny-random", "max_new_tokens": 6, "batch_size": 64, "dtype": "float32", **CPU},
     "audit": {"clip_model": "simnsd/clip", **CPU},
@@ -46,7 +46,7 @@ OVERRIDES = {
                 "num_train_epochs": 4, "max_steps": 1, "per_device_train_batch_size": 16, "mixed_precision": "no",
                 "logging_steps": 1, "save_steps": 0, "eval_prior_steps": 2, "eval_retrieval_batch": 8,
                 "eval_retrieval_loops": 1, **CPU},
-    "reconstruct_ldm": {**RECONSTRUCT, "height": 32},
+    "reconstruct_ldm": dict(RECONSTRUCT),
     "reconstruct_brain_diffuser": dict(RECONSTRUCT),
     "reconstruct_mindeye": {**RECONSTRUCT, "best_of_n": 2},
     "evaluate_reconstructions": {"feature_models": "tiny-random", "batch_size": 8, **CPU},
@@ -101,6 +101,7 @@ def paper_run(rehearsal_nsd, tmp_path_factory):
     return result, str(out), cache
 
 
+@pytest.mark.slow  # the whole chain, ~63 driver runs: minutes on 2 cores (still part of `make test`)
 def test_the_paper_in_one_command(paper_run, rehearsal_nsd):
     from fgb2i_hf.drivers.paper.plan import ABLATION_LABELS
     from fgb2i_hf.metrics.reconstruction import RECONSTRUCTION_METRICS
@@ -186,3 +187,29 @@ def test_a_changed_data_setting_is_a_contract_error(rehearsal_nsd, tmp_path):
     assert f"sessions: {SESSIONS!r}" in message and f"vs {SESSIONS + 1!r}" in message
     assert "nsd_paper.yaml" in message and str(changed) in message
     assert not os.path.exists(tmp_path / "outputs" / "ce")  # nothing ran
+
+
+def test_the_dry_run_prints_the_plan_and_stops_at_the_first_missing_input(rehearsal_nsd, tmp_path, capsys):
+    out, cache = str(tmp_path / "outputs"), str(tmp_path / "cache")
+    result = run_paper_cli(paper_args(rehearsal_nsd, out, cache, dry_run="true"))
+    printed = capsys.readouterr().out
+    assert not os.path.exists(out)  # nothing ran
+    stages = [line.split()[1] for line in printed.splitlines() if line.startswith("stage ")]
+    assert stages == ["captions", "audit", "ce", "rl", "caption_eval", "decoders", "mindeye", "reconstruct",
+                      "metrics", "w_sweep", "ablation", "coco", "tables"]
+    assert f"writes {os.path.join(out, 'reconstruct', 'mindeye', 'subj07', 'fgb2i')}" in printed
+    assert f"input subj05 betas: {os.path.join(rehearsal_nsd, 'nsddata_betas', 'ppdata', 'subj05')}" in printed
+    assert len(result["plan"]) == len([line for line in printed.splitlines() if line.startswith("  [run] ")])
+
+    # What must be obtained by hand: Brain-Diffuser's converted VDVAE (the shipped config's path, not overridden here)
+    from fgb2i_hf.drivers.paper import PlanError
+
+    overrides = {step: dict(values) for step, values in OVERRIDES.items()}
+    del overrides["decoders_brain_diffuser"]["target_models"]
+    args = paper_args(rehearsal_nsd, out, cache, dry_run="true")
+    args[args.index("--overrides") + 1] = json.dumps(overrides)
+    with pytest.raises(PlanError, match=r"decoders/brain_diffuser .*target_models.vdvae = checkpoints/vdvae-imagenet64"):
+        run_paper_cli(args)
+    # A stage left out whose output is missing: named before any work
+    with pytest.raises(PlanError, match=r"needs the output of captions .*not selected"):
+        run_paper_cli(paper_args(rehearsal_nsd, out, cache, dry_run="true", stages=["ce", "rl"]))
