@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Offline: every model in the tests is built from a config; a missing weight must fail fast.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test demo bench constraints clean
+.PHONY: install test demo bench paper constraints clean
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/run_all.py
+
+# The paper on the real NSD (docs/paper.md): make paper NSD_ROOT=/data/nsd [PAPER_ARGS="--stages ce rl"].
+# Uses every GPU of the machine through accelerate; resumable (run it again after a kill).
+NSD_ROOT ?=
+PAPER_ARGS ?=
+paper: $(STAMP)
+	@test -n "$(NSD_ROOT)" || { echo "make paper needs NSD_ROOT=<the NSD download> (docs/paper.md)"; exit 2; }
+	$(VENV)/bin/python recipes/run_paper.py --nsd_root "$(NSD_ROOT)" --dry_run true $(PAPER_ARGS)
+	$(VENV)/bin/accelerate launch recipes/run_paper.py --nsd_root "$(NSD_ROOT)" $(PAPER_ARGS)
 
 # Record the exact environment (run after a successful `make test`).
 constraints:

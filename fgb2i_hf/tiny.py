@@ -348,6 +348,40 @@ def tiny_brain_diffuser_extractor(model_seed: int = 0, width: int = 32, image_si
                                         image_size=image_size, name_or_path=TINY_RANDOM, **kwargs)
 
 
+# --- the image metrics' networks ------------------------------------------------------------------------------
+
+TINY_FEATURE_INPUT = 32  # px: the tiny feature networks' input size
+
+
+class _TinyFeatureNetwork(torch.nn.Module):
+    """Two small convolutions; returns ``{layer: features}`` under the layer names the metrics read."""
+
+    def __init__(self, layers: tuple[str, ...], width: int = 8):
+        super().__init__()
+        self.layers = layers
+        self.conv1 = torch.nn.Conv2d(3, width, 3, stride=2, padding=1)
+        self.conv2 = torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        first = torch.relu(self.conv1(x))
+        second = torch.relu(self.conv2(first))
+        maps = {"features.4": first, "features.11": second,
+                "avgpool": torch.nn.functional.adaptive_avg_pool2d(second, 1)}
+        return {name: maps[name] for name in self.layers}
+
+
+def tiny_feature_networks(seed: int = 0) -> dict[str, torch.nn.Module]:
+    """Random tiny stand-ins for the networks of the image metrics (``alexnet``, ``inception``, ``effnet``,
+    ``swav``; CLIP is :func:`tiny_clip_scorer`), each returning the layers the metrics read (AlexNet's
+    ``features.4``/``features.11``, the others' ``avgpool``) for :data:`TINY_FEATURE_INPUT` px inputs: the metrics'
+    mechanics in milliseconds, where the real architectures with random weights take seconds per image."""
+    layers = {"alexnet": ("features.4", "features.11"), "inception": ("avgpool",), "effnet": ("avgpool",),
+              "swav": ("avgpool",)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return {key: _TinyFeatureNetwork(names).eval().requires_grad_(False) for key, names in layers.items()}
+
+
 # --- VDVAE and MindEye (the Brain-Diffuser and MindEye bases) -------------------------------------------------
 
 # A 16 px VDVAE with 6 latent layers, the first 3 the regression target (Brain-Diffuser's 31 of 75, in small).
@@ -387,7 +421,8 @@ def tiny_mindeye(seed: int = 0, voxel_counts: dict | None = None, backbone: dict
         return MindEyeModel(config).eval()
 
 
-__all__ = ["CAPTIONS", "TINY_CLIP_CONFIG", "TINY_LLAVA_CHAT_TEMPLATE", "TINY_RANDOM",
+__all__ = ["CAPTIONS", "TINY_CLIP_CONFIG", "TINY_FEATURE_INPUT", "TINY_LLAVA_CHAT_TEMPLATE", "TINY_RANDOM",
+           "tiny_feature_networks",
            "save_tiny_llava", "tiny_brain_diffuser_extractor", "tiny_ldm_extractor", "tiny_brain_prefix_gpt2", "tiny_caption_tokenizer", "tiny_clip_scorer",
            "tiny_clip_tokenizer", "tiny_ddim_scheduler", "tiny_gpt2_config", "tiny_llava", "tiny_llava_tokenizer",
            "tiny_sd_components", "tiny_vd_components", "TINY_VDVAE_CONFIG", "tiny_mindeye", "tiny_vdvae",

@@ -67,7 +67,8 @@ class CompareBasesConfig:
     dtype: str = field(default="float32", metadata={
         "help": "float32 / float16 / bfloat16 (half precision on a GPU only: on a CPU it is far slower)."})
     device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available)."})
-    feature_models: str = field(default="pretrained", metadata={"help": "pretrained or random (mechanics only)."})
+    feature_models: str = field(default="pretrained", metadata={
+        "help": "pretrained, random or tiny-random (the last two: mechanics only)."})
     clip_model: str = field(default="ViT-L-14-quickgelu", metadata={"help": "CLIP for the CLIP column."})
     swav_weights: str | None = field(default=None, metadata={"help": "Local SwAV checkpoint."})
     eval_batch_size: int = field(default=32, metadata={"help": "Images per pass of the feature networks."})
@@ -152,7 +153,7 @@ def compare_bases(config: CompareBasesConfig, dataset=None, stimuli=None, featur
         known[0][1].save(config.output_dir)
     table = comparison_table(rows, pairs)
     note = ""
-    if config.feature_models == "random":
+    if config.feature_models != "pretrained":
         note = "Feature networks have random weights: the feature columns are mechanics only."
     _write_atomic(os.path.join(config.output_dir, "comparison.md"), table + ("\n\n" + note if note else "") + "\n")
     deltas = {r: table_deltas({r: rows[r], b: rows[b]}, b)[r] for r, b in pairs.items()}

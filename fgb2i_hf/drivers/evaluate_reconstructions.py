@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..clip import CLIPScorer
-from ..core import loading_config_field
+from ..core import TINY_RANDOM, loading_config_field
 from ..data import NSDStimuli
 from ..metrics import load_feature_models, reconstruction_metrics, write_table
 from ..tiny import tiny_clip_scorer
@@ -32,8 +32,9 @@ class EvaluateReconstructionsConfig:
     baseline: str | None = field(default=None, metadata={"help": "Row the others show deltas against."})
     nsd_ids: list[int] | None = field(default=None, metadata={"help": "Score these ids (default: all in common)."})
     feature_models: str = field(default="pretrained", metadata={
-        "help": "pretrained (torchvision, SwAV, OpenAI CLIP ViT-L/14) or random (same architectures, random "
-                "weights: mechanics only).", "choices": ["pretrained", "random"]})
+        "help": "pretrained (torchvision, SwAV, OpenAI CLIP ViT-L/14), random (same architectures, random "
+                "weights: mechanics only) or tiny-random (tiny random networks: mechanics only, fast).",
+        "choices": ["pretrained", "random", TINY_RANDOM]})
     clip_model: str = field(default="ViT-L-14-quickgelu", metadata={
         "help": "open_clip name with OpenAI weights (MindEye: ViT-L/14) or a CLIPScorer folder (simnsd/clip)."})
     swav_weights: str | None = field(default=None, metadata={
@@ -71,6 +72,10 @@ def common_ids(folders: dict[str, str]) -> list[int]:
 
 def feature_models_for(config: EvaluateReconstructionsConfig):
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if config.feature_models == TINY_RANDOM:
+        from ..metrics import tiny_feature_models
+
+        return tiny_feature_models(seed=config.seed, device=device)
     if config.feature_models == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)

@@ -15,7 +15,7 @@ from .captions import CAPTION_METRICS, caption_metrics
 from .clip_score import clip_score, clip_score_per_caption
 from .coco_caption import cider_d_scores, corpus_bleu, rouge_l_scores
 from .evaluate_modules import EVALUATE_MODULES, evaluate_module_path, evaluate_module_paths
-from .feature_models import FeatureModel, load_feature_models, load_swav_state_dict
+from .feature_models import FeatureModel, load_feature_models, load_swav_state_dict, tiny_feature_models
 from .image import mean_correlation_distance, pixcorr, ssim, two_way_identification
 from .meteor import MeteorScorer
 from .objects import object_metrics
@@ -29,5 +29,6 @@ __all__ = [
     "caption_metrics", "cider_d_scores", "clip_score", "clip_score_per_caption", "corpus_bleu",
     "evaluate_module_path", "evaluate_module_paths", "format_table", "load_feature_models", "load_swav_state_dict",
     "mean_correlation_distance", "object_metrics", "pixcorr", "ptb_tokenize", "reconstruction_metrics",
-    "rouge_l_scores", "sentence_similarity", "ssim", "table_json", "two_way_identification", "write_table",
+    "rouge_l_scores", "sentence_similarity", "ssim", "table_json", "tiny_feature_models", "two_way_identification",
+    "write_table",
 ]

@@ -175,6 +175,24 @@ def clip_model(scorer) -> FeatureModel:
     return FeatureModel(scorer.model.encode_image, resize=scorer.image_size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
 
 
+def tiny_feature_models(seed: int = 0, device=None) -> dict[str, FeatureModel]:
+    """Random tiny stand-ins for every feature model (``fgb2i_hf.tiny.tiny_feature_networks`` and
+    ``tiny_clip_scorer``): the eight columns' mechanics at a fraction of the real architectures' cost (their values
+    mean nothing)."""
+    from ..tiny import TINY_FEATURE_INPUT, tiny_clip_scorer, tiny_feature_networks
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clip = tiny_clip_scorer()
+    models = {key: FeatureModel(network, resize=TINY_FEATURE_INPUT)
+              for key, network in tiny_feature_networks(seed).items()}
+    models["clip"] = clip_model(clip.eval())
+    if device is not None:
+        for m in models.values():
+            m.to(device)
+    return {key: models[key] for key in FEATURE_MODEL_KEYS}
+
+
 def load_feature_models(keys: Sequence[str] = FEATURE_MODEL_KEYS, pretrained: bool = True, device=None,
                         clip="ViT-L-14-quickgelu", swav_weights: str | None = None) -> dict[str, FeatureModel]:
     """Build the feature models named in ``keys`` (subset of alexnet, inception, clip, effnet, swav).
