@@ -22,6 +22,7 @@ _NOT_METRICS = {"eval_loss", "eval_runtime", "eval_samples_per_second", "eval_st
 
 
 def _figure(panels: int, columns: int = 4, size: tuple[float, float] = (3.4, 2.7)):
+    # imported here: matplotlib is a heavy import, needed only on this path
     from matplotlib.figure import Figure
 
     columns = max(1, min(columns, panels))

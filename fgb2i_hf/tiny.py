@@ -312,7 +312,6 @@ def tiny_ldm_extractor(model_seed: int = 0, width: int = 32, image_size: int = 3
     # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import AutoencoderKL
 
-
     with torch.random.fork_rng():
         torch.manual_seed(model_seed)
         vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -334,7 +333,6 @@ def tiny_brain_diffuser_extractor(model_seed: int = 0, width: int = 32, image_si
         CLIPVisionConfig,
         CLIPVisionModelWithProjection,
     )
-
 
     with torch.random.fork_rng():
         torch.manual_seed(model_seed)

@@ -17,7 +17,6 @@ def main(argv=None):
     # imported here: trl is a heavy import, needed only on this path
     from trl import TrlParser
 
-
     (args,) = TrlParser((EvaluateCaptionsArguments,)).parse_args_and_config(args=argv)
     result = evaluate_captions(args)
     print(result.markdown())

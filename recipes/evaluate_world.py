@@ -67,7 +67,6 @@ def main(argv=None):
         # imported here: diffusers is a heavy import, needed only on this path
         from diffusers import DiffusionPipeline
 
-
         def path(component):
             return resolve_pretrained(config.world + component) if config.world == "simnsd/" \
                 else os.path.join(config.world, component)

@@ -21,7 +21,6 @@ def main(argv=None) -> dict:
     # imported here: trl is a heavy import, needed only on this path
     from trl import TrlParser
 
-
     script_args, fit_config = TrlParser((SurrogateScriptArguments, SurrogateFitConfig)).parse_args_and_config(args=argv)
     report = run_fit_reward_surrogate(script_args, fit_config)
     summary = {k: v for k, v in report.items() if k not in ("val_cosine_curve", "versions")}

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 
+from fgb2i_hf.drivers.paper import PaperConfig, run_paper
+
 
 def main(argv=None) -> dict:
+    # imported here: trl is a heavy import, needed only on this path
     from trl import TrlParser
-
-    from fgb2i_hf.drivers.paper import PaperConfig, run_paper
 
     (config,) = TrlParser((PaperConfig,)).parse_args_and_config(args=argv)
     if config.configs_dir is None:

@@ -25,7 +25,6 @@ def main(argv=None) -> dict:
     # imported here: trl is a heavy import, needed only on this path
     from trl import TrlParser
 
-
     parser = TrlParser((CEScriptArguments, TrainingArguments))
     script_args, training_args = parser.parse_args_and_config(args=argv)
     if script_args.simulate_nsd and not os.path.isdir(os.path.join(script_args.nsd_root or "", "nsddata")):

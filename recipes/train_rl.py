@@ -18,7 +18,6 @@ def main(argv=None) -> dict:
     # imported here: trl is a heavy import, needed only on this path
     from trl import TrlParser
 
-
     script_args, rl_config = TrlParser((RLScriptArguments, ReinforceConfig)).parse_args_and_config(args=argv)
     return run_rl(script_args, rl_config)
 

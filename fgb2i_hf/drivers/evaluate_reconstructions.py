@@ -16,7 +16,7 @@ import torch
 from ..clip import CLIPScorer
 from ..core import TINY_RANDOM, loading_config_field
 from ..data import NSDStimuli
-from ..metrics import load_feature_models, reconstruction_metrics, write_table
+from ..metrics import load_feature_models, reconstruction_metrics, tiny_feature_models, write_table
 from ..tiny import tiny_clip_scorer
 from .reconstruct import load_images
 
@@ -73,8 +73,6 @@ def common_ids(folders: dict[str, str]) -> list[int]:
 def feature_models_for(config: EvaluateReconstructionsConfig):
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config.feature_models == TINY_RANDOM:
-        from ..metrics import tiny_feature_models
-
         return tiny_feature_models(seed=config.seed, device=device)
     if config.feature_models == "random":
         with torch.random.fork_rng(devices=[]):

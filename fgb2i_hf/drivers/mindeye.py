@@ -115,7 +115,6 @@ def load_target_extractors(config: MindEyeRunConfig, need_latents: bool):
     # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import AutoencoderKL
 
-
     path, rev = resolve_pretrained(name), config.target_revision
     if os.path.exists(os.path.join(path, OPEN_CLIP_CONFIG)):  # an open_clip folder such as simnsd/clip
         clip = OpenCLIPImageTokenExtractor.from_pretrained(name, **common)

@@ -109,7 +109,6 @@ def run_rl(script_args: RLScriptArguments, config) -> dict:
     # imported here: accelerate is a heavy import, needed only on this path
     from accelerate.utils import gather_object
 
-
     if not script_args.model_name_or_path or not script_args.nsd_root:
         raise ValueError("model_name_or_path and nsd_root are required")
     upstream = DataContract.find(script_args.model_name_or_path)

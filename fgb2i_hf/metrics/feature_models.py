@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPScorer
+from ..tiny import TINY_FEATURE_INPUT, tiny_clip_scorer, tiny_feature_networks
 from .image import resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,8 +180,6 @@ def tiny_feature_models(seed: int = 0, device=None) -> dict[str, FeatureModel]:
     """Random tiny stand-ins for every feature model (``fgb2i_hf.tiny.tiny_feature_networks`` and
     ``tiny_clip_scorer``): the eight columns' mechanics at a fraction of the real architectures' cost (their values
     mean nothing)."""
-    from ..tiny import TINY_FEATURE_INPUT, tiny_clip_scorer, tiny_feature_networks
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         clip = tiny_clip_scorer()

@@ -22,7 +22,6 @@ def load_sentence_encoder(name: str = DEFAULT_SENTENCE_MODEL, device=None):
     # imported here: sentence-transformers is a heavy import, needed only on this path
     from sentence_transformers import SentenceTransformer
 
-
     return SentenceTransformer(resolve_pretrained(name), device=device)
 
 

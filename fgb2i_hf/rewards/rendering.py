@@ -146,7 +146,6 @@ class TextToImageRenderer:
         # imported here: diffusers is a heavy import, needed only on this path
         from diffusers import DiffusionPipeline
 
-
         return DiffusionPipeline.from_pretrained(resolve_pretrained(name), dtype=dtype, safety_checker=None,
                                                  requires_safety_checker=False)
 

@@ -396,7 +396,6 @@ class MindEyeTrainer:
             truncate_log(os.path.join(self.config.output_dir, LOG_NAME), self.global_step)
         self.accelerator.wait_for_everyone()
 
-
     def save_model(self, path: str | None = None, extra_config: dict | None = None) -> str:
         """``save_pretrained`` to ``path`` (default ``<output_dir>/final``) with the training config and versions,
         written to a scratch folder and swapped in whole."""

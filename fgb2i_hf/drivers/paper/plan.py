@@ -20,9 +20,22 @@ import os
 from dataclasses import dataclass, field
 
 import yaml
+from transformers import TrainingArguments
 
 from ...data.contract import DEFAULT_VALIDATION_FRACTION
 from ...data.layout import NSDPaths, subject_list
+from ...pipelines.bases import get_base
+from ...rewards import SurrogateFitConfig
+from ...rl import ReinforceConfig
+from ..caption_eval import EvaluateCaptionsArguments
+from ..captions import AuditCaptionsConfig, EnhanceCaptionsConfig
+from ..ce import CEScriptArguments
+from ..evaluate_reconstructions import EvaluateReconstructionsConfig
+from ..fit import FitDecodersConfig
+from ..mindeye import MindEyeRunConfig
+from ..reconstruct import ReconstructConfig
+from ..reward_surrogate import SurrogateScriptArguments
+from ..rl import RLScriptArguments
 from .config import BASES, PaperConfig
 
 CAPTIONS_FILE = os.path.join("captions", "fine_captions.jsonl")
@@ -73,38 +86,24 @@ class Unit:
 def driver_classes(kind: str) -> tuple:
     """The config dataclasses a unit's settings fill (as its recipe parses them)."""
     if kind == "enhance":
-        from ..captions import EnhanceCaptionsConfig
         return (EnhanceCaptionsConfig,)
     if kind == "audit":
-        from ..captions import AuditCaptionsConfig
         return (AuditCaptionsConfig,)
     if kind == "ce":
-        from transformers import TrainingArguments
-
-        from ..ce import CEScriptArguments
         return (CEScriptArguments, TrainingArguments)
     if kind == "surrogate":
-        from ...rewards import SurrogateFitConfig
-        from ..reward_surrogate import SurrogateScriptArguments
         return (SurrogateScriptArguments, SurrogateFitConfig)
     if kind == "rl":
-        from ...rl import ReinforceConfig
-        from ..rl import RLScriptArguments
         return (RLScriptArguments, ReinforceConfig)
     if kind == "caption_eval":
-        from ..caption_eval import EvaluateCaptionsArguments
         return (EvaluateCaptionsArguments,)
     if kind == "fit":
-        from ..fit import FitDecodersConfig
         return (FitDecodersConfig,)
     if kind == "mindeye":
-        from ..mindeye import MindEyeRunConfig
         return (MindEyeRunConfig,)
     if kind == "reconstruct":
-        from ..reconstruct import ReconstructConfig
         return (ReconstructConfig,)
     if kind == "metrics":
-        from ..evaluate_reconstructions import EvaluateReconstructionsConfig
         return (EvaluateReconstructionsConfig,)
     raise ValueError(f"unknown unit kind {kind!r}")
 
@@ -309,8 +308,6 @@ class PlanBuilder:
                       meta={"model": model})
 
     def decoder_stages(self) -> None:
-        from ...pipelines.bases import get_base
-
         for base in BASES:
             spec = get_base(base)
             if not spec.targets:
@@ -370,8 +367,6 @@ class PlanBuilder:
 
     def metrics_unit(self, stage: str, recon: Unit, rows: dict[str, str], baseline: str | None, **meta) -> Unit:
         """The eight image metrics of ``recon``'s folders: ``rows`` is {row name: subfolder}."""
-        from ...pipelines.bases import get_base
-
         values, _ = self.steps("evaluate_reconstructions")
         name = f"{recon.name}/metrics"
         inputs = ()
@@ -385,8 +380,6 @@ class PlanBuilder:
                          meta={**recon.meta, "label": label, **meta})
 
     def reconstruction_stages(self) -> None:
-        from ...pipelines.bases import get_base
-
         for subject in self.subjects:
             self.mindeye_unit(subject)
         self.main = {}

@@ -31,10 +31,25 @@ import os
 import shutil
 import time
 
+from huggingface_hub import snapshot_download
+from transformers.trainer_utils import get_last_checkpoint
+
 from ...core import TINY_RANDOM, atomic_write_json, resolve_pretrained, versions
+from ...data.betas import available_sessions, resolve_sessions
 from ...data.contract import SHARED_FIELDS, ContractError, DataContract
+from ...data.layout import NSDPaths
+from ..caption_eval import evaluate_captions
+from ..captions import audit_nsd, enhance_nsd
+from ..ce import run_ce
+from ..evaluate_reconstructions import evaluate_reconstructions, feature_models_for
+from ..fit import fit_decoders
+from ..mindeye import run_mindeye
+from ..reconstruct import reconstruct
+from ..reward_surrogate import run_fit_reward_surrogate
+from ..rl import run_rl
 from .config import PaperConfig
 from .plan import Input, Unit, parse
+from .tables import write_tables
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +200,6 @@ class Runner:
     def requested_contract(self, unit: Unit) -> DataContract:
         data = dict(unit.data)
         if data["sessions"] is None:  # "all sessions on disk": what load_nsd will find
-            from ...data.betas import available_sessions, resolve_sessions
-            from ...data.layout import NSDPaths
 
             paths = NSDPaths(self.config.nsd_root)
             found = {resolve_sessions(available_sessions(paths, s), None, paths.betas_dir(s)) for s in data["subjects"]}
@@ -231,6 +244,7 @@ class Runner:
     # -- execution -------------------------------------------------------------------------------------------------
     def barrier(self) -> None:
         if self.world > 1:
+            # imported here: accelerate is a heavy import, needed only on this path
             from accelerate import PartialState
 
             PartialState().wait_for_everyone()
@@ -289,8 +303,6 @@ def _open_clip_name(name: str) -> bool:
 
 
 def _hub_cached(repo_id: str) -> bool:
-    from huggingface_hub import snapshot_download
-
     try:
         snapshot_download(repo_id, local_files_only=True)
         return True
@@ -367,8 +379,6 @@ def _resume_from(runner: Runner, output_dir: str) -> str | None:
 def feature_models(runner: Runner, config):
     key = ("feature_models", config.feature_models, config.clip_model, config.swav_weights, config.device, config.seed)
     if key not in runner.resources:
-        from ..evaluate_reconstructions import feature_models_for
-
         runner.resources[key] = feature_models_for(config)
     return runner.resources[key]
 
@@ -376,54 +386,40 @@ def feature_models(runner: Runner, config):
 def run_unit(runner: Runner, unit: Unit) -> None:
     """Call the unit's driver with its settings (the tables: :func:`.tables.write_tables`)."""
     if unit.kind == "tables":
-        from .tables import write_tables
-
         write_tables(runner.units, unit, runner.by_name)
         return
     parsed = parse(unit)
     kind = unit.kind
     if kind == "enhance":
-        from ..captions import enhance_nsd
         enhance_nsd(parsed[0])
     elif kind == "audit":
-        from ..captions import audit_nsd
         audit_nsd(parsed[0])
     elif kind == "ce":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        from ..ce import run_ce
         script, training = parsed
         last = get_last_checkpoint(training.output_dir) if os.path.isdir(training.output_dir) else None
         training.resume_from_checkpoint = last
         run_ce(script, training)
     elif kind == "surrogate":
-        from ..reward_surrogate import run_fit_reward_surrogate
         run_fit_reward_surrogate(*parsed)
     elif kind == "rl":
-        from ..rl import run_rl
         script, rl = parsed
         rl.resume_from_checkpoint = _resume_from(runner, rl.output_dir)
         run_rl(script, rl)
     elif kind == "caption_eval":
-        from ..caption_eval import evaluate_captions
         args = parsed[0]
         contract = DataContract.find(args.model_name_or_path)
         if contract is not None and hasattr(args, "sessions"):
             args.sessions = contract.sessions  # the model's rows, not the loader's default
         evaluate_captions(args)
     elif kind == "fit":
-        from ..fit import fit_decoders
         fit_decoders(parsed[0], progress=False)
     elif kind == "mindeye":
-        from ..mindeye import run_mindeye
         config = parsed[0]
         config.resume_from_checkpoint = _resume_from(runner, config.output_dir)
         run_mindeye(config, progress=False)
     elif kind == "reconstruct":
-        from ..reconstruct import reconstruct
         reconstruct(parsed[0], progress=False)
     elif kind == "metrics":
-        from ..evaluate_reconstructions import evaluate_reconstructions
         config = parsed[0]
         evaluate_reconstructions(config, feature_models=feature_models(runner, config), progress=False)
     else:

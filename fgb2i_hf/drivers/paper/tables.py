@@ -22,8 +22,9 @@ import numpy as np
 
 from ...core import atomic_write_json, atomic_write_text
 from ...data.contract import DataContract
-from ...metrics import format_table
+from ...metrics import caption_metrics, format_table, object_metrics
 from ...metrics.reconstruction import LOWER_IS_BETTER, RECONSTRUCTION_METRICS
+from ...plots import metric_sweep, paired_bars, training_curves
 from ..compare import comparison_table
 from .plan import ABLATION, ABLATION_LABELS, COCO_RUNS, Unit, sweep_row
 
@@ -108,8 +109,6 @@ class _Tables:
         return {(r["subject"], int(r["nsd_id"])): r for r in _jsonl(os.path.join(unit.folder, "predictions.jsonl"))}
 
     def fused_caption_scores(self, recon: Unit, references) -> dict[str, float]:
-        from ...metrics import caption_metrics, object_metrics
-
         subject = recon.meta["subject"]
         records = [r for r in _jsonl(os.path.join(recon.folder, "captions.jsonl"))
                    if (subject, int(r["nsd_id"])) in references]
@@ -183,8 +182,6 @@ class _Tables:
 
     # plots -----------------------------------------------------------------------------------------------------
     def plots(self, main: dict, sweep) -> dict[str, str]:
-        from ...plots import metric_sweep, paired_bars, training_curves
-
         ce = self.by_name["ce"]
         result = os.path.join(ce.folder, "result.json")
         ce_history = _json(result).get("log_history", []) if os.path.isfile(result) else []

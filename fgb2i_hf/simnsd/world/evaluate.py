@@ -34,7 +34,6 @@ def evaluate_world(nsd_root: str, cache_dir: str | None = None, prefix: str = "s
     # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import DiffusionPipeline
 
-
     def path(component):
         return resolve_pretrained(prefix + component) if prefix == "simnsd/" else os.path.join(prefix, component)
 
