@@ -177,6 +177,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=1, help="measure every decoder this many times, interleaved "
                         "(ClipCap, HF beam, fast beam, greedy, ClipCap greedy, then again); medians are reported")
     parser.add_argument("--skip-greedy", action="store_true")
+    parser.add_argument("--skip-beam", action="store_true", help="time greedy decoding only (ClipCap's, the fast "
+                        "path's and transformers')")
     parser.add_argument("--skip-hf-beam", action="store_true", help="do not time transformers' own beam search")
     parser.add_argument("--skip-unpacked", action="store_true", help="do not time the fast beam search without "
                         "oneDNN weight packing (torch's default matrix product)")
@@ -238,6 +240,9 @@ def main(argv=None) -> dict:
         del decoders["hf_beam"]
     if args.skip_unpacked or torch.device(args.device).type != "cpu":
         del decoders["fast_beam_unpacked"]
+    if args.skip_beam:
+        for name in ("clipcap_beam", "hf_beam", "fast_beam", "fast_beam_unpacked"):
+            decoders.pop(name, None)
     if args.skip_greedy:
         del decoders["greedy"], decoders["hf_greedy"], decoders["clipcap_greedy"]
     for name in decoders:  # warm-up (allocator, kernels)
@@ -310,8 +315,15 @@ def main(argv=None) -> dict:
                                  "cpu_speedup": statistics.median(cpu_ratios)}
         print(f"fast beam vs HF beam: identical captions {same}/{n} ({stopped} of HF's stop at '.'); "
               f"{statistics.median(ratios):.2f}x faster ({statistics.median(cpu_ratios):.2f}x by CPU time)")
+    if "hf_greedy" in decoders:
+        same = sum(a == b for a, b in zip(captions["greedy"], captions["hf_greedy"]))
+        ratios = [a / b for a, b in zip(rates["greedy"], rates["hf_greedy"])]
+        results["fast_vs_hf_greedy"] = {"identical": same, "of": n, "speedup": statistics.median(ratios),
+                                        "speedup_all": ratios}
+        print(f"fast greedy vs HF greedy: identical captions {same}/{n}; {statistics.median(ratios):.2f}x faster")
     if args.json:
         label = f"{device_name}, {results['threads']} threads, {limit} tokens, '.' x{args.period_scale:g}, {n} brains"
+        label += ", greedy only" if args.skip_beam else ""
         write_json(args.json, label, results)
     return results
 

@@ -25,6 +25,7 @@ def test_decoding_benchmark_quick_run_gives_the_same_captions_both_ways():
         assert results[mode]["mean_tokens"] == 4  # random weights: no "." before the limit
         assert results[mode]["speedup"] > 0
     assert results["fast_vs_hf"]["identical"] == 2  # the fast beam search and transformers' agree
+    assert results["fast_vs_hf_greedy"]["identical"] == 2  # and so do the greedy decodings
 
 
 def test_clipcap_beam_keeps_a_stopped_beam_in_its_slot():
