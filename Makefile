@@ -19,7 +19,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(OFFLINE) $(PY) -m pytest -q tests
+	# two workers (pytest-xdist), one BLAS thread each: the suite's CPU-bound tests share 2 cores without
+	# oversubscribing them (about half the wall-clock time of one worker on the 2-core CI machine)
+	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests
 
 demo: $(STAMP)
 	$(OFFLINE) $(PY) examples/demo.py --output-dir demo_output

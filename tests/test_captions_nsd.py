@@ -74,7 +74,8 @@ def test_enhance_recipe_writes_the_cache_the_builder_reads_as_fine_captions(simn
 
     dataset = load_nsd(simnsd_root, subjects=["subj01"], fine_captions=str(out), cache_dir=nsd_cache_dir)
     caption = {r["nsd_id"]: r["caption"] for r in records}
-    rows = [row for split in ("train", "test") for row in dataset[split].select_columns(["nsd_id", "fine_captions"])]
+    rows = [row for split in ("train", "validation", "test")
+            for row in dataset[split].select_columns(["nsd_id", "fine_captions"])]
     assert {row["nsd_id"] for row in rows if row["fine_captions"]} == set(wanted)
     for row in rows:
         assert row["fine_captions"] == ([caption[row["nsd_id"]]] if row["nsd_id"] in caption else [])
@@ -131,8 +132,8 @@ def test_simnsd_oracle_captions_audit_clean_and_planted_hallucinations_are_found
     assert {r["nsd_id"] for r in flagged if r.get("flagged")} == planted
     dataset = load_nsd(simnsd_root, subjects=["subj01"], fine_captions=outcome.filtered_path,
                        skip_flagged_fine_captions=True, cache_dir=nsd_cache_dir)
-    rows = dataset["test"].select_columns(["nsd_id", "fine_captions"]).to_list()
-    rows += dataset["train"].select_columns(["nsd_id", "fine_captions"]).to_list()
+    rows = [r for split in ("train", "validation", "test")
+            for r in dataset[split].select_columns(["nsd_id", "fine_captions"]).to_list()]
     assert {r["nsd_id"] for r in rows if not r["fine_captions"]} == planted
 
     dropped = audit_nsd(AuditCaptionsConfig(nsd_root=simnsd_root, captions=str(path), subjects=["subj01"],

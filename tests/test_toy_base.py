@@ -110,8 +110,8 @@ def test_reconstruct_and_compare_run_the_toy_base(toy_decoders, simnsd_root, sim
     assert sorted(os.listdir(tmp_path / "reconstruct" / "base")) == sorted(f"{i}.png" for i in summary["nsd_ids"])
 
     config = CompareBasesConfig(output_dir=str(tmp_path / "compare"), bases=[NAME], sd_model="tiny-random",
-                                decoders_dirs={NAME: decoders},
-                                encoders_from={NAME: os.path.join(decoders, "target_models")},
+                                base_options={NAME: {"decoders_dir": decoders,
+                                                     "encoders_from": os.path.join(decoders, "target_models")}},
                                 feature_models="random", **common)
     models = load_feature_models(pretrained=False, clip=tiny_clip_scorer())
     result = compare_bases(config, dataset=simnsd_dataset["test"], stimuli=NSDStimuli(simnsd_root),
