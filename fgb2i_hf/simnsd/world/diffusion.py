@@ -62,18 +62,29 @@ class UNetTrainingConfig:
                              rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
     def model(self, sample_size: int, latent_channels: int, cross_attention_dim: int):
-        from diffusers import UNet2DConditionModel
+        return unet_model(self.unet_block_out_channels, self.unet_attention_levels, self.unet_attention_heads,
+                          self.unet_layers_per_block, self.unet_norm_num_groups, sample_size=sample_size,
+                          latent_channels=latent_channels, cross_attention_dim=cross_attention_dim)
 
-        n = len(self.unet_block_out_channels)
-        levels = set(self.unet_attention_levels)
-        down = tuple("CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(n))
-        up = tuple("CrossAttnUpBlock2D" if (n - 1 - i) in levels else "UpBlock2D" for i in range(n))
-        return UNet2DConditionModel(
-            sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
-            block_out_channels=tuple(self.unet_block_out_channels), down_block_types=down, up_block_types=up,
-            mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=self.unet_layers_per_block,
-            cross_attention_dim=cross_attention_dim, attention_head_dim=self.unet_attention_heads,
-            norm_num_groups=self.unet_norm_num_groups)
+
+def unet_model(block_out_channels, attention_levels, attention_heads: int, layers_per_block: int,
+               norm_num_groups: int, *, sample_size: int, latent_channels: int, cross_attention_dim: int,
+               dual_cross_attention: bool = False):
+    """A ``UNet2DConditionModel`` with cross-attention transformer blocks at ``attention_levels`` (0 = full
+    resolution) and in the middle block; with ``dual_cross_attention`` each is Versatile Diffusion's
+    ``DualTransformer2DModel`` (a text and an image stream)."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(block_out_channels)
+    levels = set(attention_levels)
+    down = tuple("CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(n))
+    up = tuple("CrossAttnUpBlock2D" if (n - 1 - i) in levels else "UpBlock2D" for i in range(n))
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=tuple(block_out_channels), down_block_types=down, up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=layers_per_block,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=attention_heads,
+        norm_num_groups=norm_num_groups, dual_cross_attention=dual_cross_attention)
 
 
 @torch.no_grad()
@@ -95,13 +106,61 @@ def build_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
                                    requires_safety_checker=False)
 
 
+def train_denoiser(unet, scheduler, latent_mean: torch.Tensor, latent_std: torch.Tensor, scaling_factor: float,
+                   conditioning, *, steps: int, batch_size: int, learning_rate: float, warmup_steps: int,
+                   ema_decay: float, rng: np.random.Generator, generator: torch.Generator, device="cpu",
+                   desc: str = "unet", progress: bool = True):
+    """Train ``unet`` as SD's denoiser with v-prediction on the VAE posteriors ``(latent_mean, latent_std)``
+    (N, C, h, w), unscaled; returns ``(EMA copy of the UNet (eval), per-step losses)``.
+
+    Each step draws ``batch_size`` image rows with ``rng``, asks ``conditioning(rows)`` for the
+    ``encoder_hidden_states`` (it may use ``rng`` and set per-example state on the UNet, such as the dual
+    attention's text weights), samples latents, noise and timesteps with ``generator``, and takes an AdamW step
+    (cosine schedule with warm-up, gradient norm clipped at 1); the EMA follows the weights with a warm-up decay
+    ``min(ema_decay, (1 + step) / (10 + step))``.
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=0.01)
+    total = max(1, steps)
+    schedule = get_cosine_schedule_with_warmup(optimizer, min(warmup_steps, total // 2), total)
+    alphas_cumprod = scheduler.alphas_cumprod
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    n, losses = len(latent_mean), []
+    with tqdm(total=total, desc=desc, disable=not progress) as bar:
+        for step in range(total):
+            rows = rng.choice(n, batch_size, replace=n < batch_size)
+            cond = conditioning(rows)
+            z = (latent_mean[rows] + latent_std[rows] * torch.randn(latent_mean[rows].shape, generator=generator))
+            z = z * scaling_factor
+            noise = torch.randn(z.shape, generator=generator)
+            t = torch.randint(0, num_train_timesteps, (len(rows),), generator=generator)
+            a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+            s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+            noisy, target = a * z + s * noise, a * noise - s * z  # v = alpha * eps - sigma * x0
+            pred = unet(noisy.to(device), t.to(device), cond.to(device)).sample
+            loss = F.mse_loss(pred, target.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), unet.parameters()):
+                    e.lerp_(p, 1 - decay)
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    return ema, losses
+
+
 def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, seed: int = 0, device: str = "cpu",
                progress: bool = True):
     """Train the UNet on ``data.train`` (latents of ``vae``, captions through ``text_encoder``); returns
     ``(StableDiffusionPipeline with the EMA UNet, record)``."""
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -109,7 +168,6 @@ def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, s
     vae, text_encoder = vae.to(device).eval(), text_encoder.to(device).eval()
     train = data.train
     mean, std = encode_latents(vae, train.images, device=device)
-    scaling = vae.config.scaling_factor
     owner, texts = train.caption_pairs(fine=True)
     is_fine = np.zeros(len(texts), bool)
     n_coco = sum(len(c) for c in train.captions)
@@ -128,41 +186,22 @@ def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, s
 
     scheduler = config.scheduler()
     unet = config.model(mean.shape[-1], mean.shape[1], states.shape[-1]).to(device).train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=0.01)
+
+    def conditioning(rows):
+        caption_rows = [fine_rows[i][rng.integers(len(fine_rows[i]))]
+                        if fine_rows[i] and rng.random() < config.unet_fine_caption_probability
+                        else coco_rows[i][rng.integers(len(coco_rows[i]))] for i in rows]
+        cond = states[caption_rows].clone()
+        drop = torch.from_numpy(rng.random(len(rows)) < config.unet_caption_dropout)
+        cond[drop] = empty
+        return cond
+
+    ema, losses = train_denoiser(
+        unet, scheduler, mean, std, vae.config.scaling_factor, conditioning, steps=config.unet_steps,
+        batch_size=config.unet_batch_size, learning_rate=config.unet_learning_rate,
+        warmup_steps=config.unet_warmup_steps, ema_decay=config.unet_ema_decay, rng=rng, generator=generator,
+        device=device, desc="simnsd/diffusion unet", progress=progress)
     total = max(1, config.unet_steps)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(config.unet_warmup_steps, total // 2), total)
-    alphas_cumprod = scheduler.alphas_cumprod
-    losses = []
-    with tqdm(total=total, desc="simnsd/diffusion unet", disable=not progress) as bar:
-        for step in range(total):
-            rows = rng.choice(len(train), config.unet_batch_size, replace=len(train) < config.unet_batch_size)
-            caption_rows = [fine_rows[i][rng.integers(len(fine_rows[i]))]
-                            if fine_rows[i] and rng.random() < config.unet_fine_caption_probability
-                            else coco_rows[i][rng.integers(len(coco_rows[i]))] for i in rows]
-            cond = states[caption_rows].clone()
-            drop = torch.from_numpy(rng.random(len(rows)) < config.unet_caption_dropout)
-            cond[drop] = empty
-            z = (mean[rows] + std[rows] * torch.randn(mean[rows].shape, generator=generator)) * scaling
-            noise = torch.randn(z.shape, generator=generator)
-            t = torch.randint(0, config.num_train_timesteps, (len(rows),), generator=generator)
-            a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
-            s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
-            noisy, target = a * z + s * noise, a * noise - s * z  # v = alpha * eps - sigma * x0
-            pred = unet(noisy.to(device), t.to(device), cond.to(device)).sample
-            loss = F.mse_loss(pred, target.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            decay = min(config.unet_ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), unet.parameters()):
-                    e.lerp_(p, 1 - decay)
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
     pipe = build_pipeline(vae, text_encoder, tokenizer, ema.to("cpu"), scheduler)
     record = {"config": asdict(config), "seed": seed, "steps": total, "train_seconds": round(time.time() - start, 1),
               "text_and_latent_encoding_seconds": round(encode_seconds, 1),

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import uuid
 
-import torch
+from ...core import versions
 
 RECORD_NAME = "world_training.json"
 
@@ -79,19 +78,6 @@ def compact_clip_tokenizer(folder: str) -> None:
 
 def folder_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
-
-
-def versions() -> dict:
-    """Library versions of this run (recorded beside the weights)."""
-    import diffusers
-    import open_clip
-    import transformers
-
-    from ... import __version__
-
-    return {"fgb2i_hf": __version__, "torch": str(torch.__version__), "transformers": transformers.__version__,
-            "diffusers": diffusers.__version__, "open_clip_torch": open_clip.__version__,
-            "python": platform.python_version()}
 
 
 def write_record(folder: str, record: dict) -> None:
