@@ -7,22 +7,27 @@ last one. Beam search keeps ``beam_size`` beams ranked by their length-normalise
 tokens); a beam that emits the stop token "." keeps its slot and score; decoding ends when every beam has stopped or
 after 67 tokens; the best normalised score wins. ``generate2`` filters top-p 0.8 and takes the argmax (greedy).
 
-Ours: ``model.generate(betas=..., subject=..., num_beams=5, eos_token_id=<".">, length_penalty=1.0)``, all brains
-in one batch, through GPT-2's own generate with its KV cache. Both run on the same model with random weights at
-GPT-2-base size (vocabulary 50257); "." is GPT-2's id 13. A random GPT-2 practically never emits ".", so every
-caption runs to the 67-token limit: ClipCap's costliest case (its per-step work grows with the length). Real
-captions are shorter; ``--entry-length 16`` measures that regime.
+Ours, all brains in one batch: ``model.generate(betas=..., subject=..., num_beams=5, eos_token_id=<".">,
+length_penalty=1.0)`` -- by default the fast beam search (``beam_search.py``: transformers' algorithm on a
+pre-allocated KV cache, oneDNN-packed weights on a CPU); the same with ``beam_impl="hf"`` (transformers' own beam
+search); the fast one with torch's default matrix product (``pack_weights=False``), to show what the kernels bring;
+and greedy decoding (transformers). All run on the same model with random weights at GPT-2-base size (vocabulary
+50257); "." is GPT-2's id 13. A random GPT-2 practically never emits ".", so every caption runs to the 67-token
+limit: ClipCap's costliest case (its per-step work grows with the length). Real captions are shorter;
+``--entry-length 16`` measures that regime. ``--repeats N`` measures every decoder N times, interleaved (the machine
+may be shared), and reports medians of the rates and of the per-repeat speed-ups, by wall clock and by CPU time.
 
 Same captions? Greedy decoding is the same algorithm both ways and must agree token for token. Beam search is not
 quite: HF moves a beam that emits "." to a separate pool of finished hypotheses (scored sum / length, as ClipCap's)
 and keeps ``num_beams`` live beams, while ClipCap lets a stopped beam hold one of its 5 slots. They agree whenever
 no "." competes in the beam; otherwise HF may return a caption with an equal or better normalised score. The script
-counts identical captions and, for the others, compares both captions' normalised log-probabilities under the model.
+counts identical captions and, for the others, compares both captions' normalised log-probabilities under the model;
+it also counts the fast beam search's captions identical to transformers' (same algorithm: all should be).
 ``--period-scale K`` multiplies the "." embedding by K so that "." does compete (at 6, a third of the greedy
 captions of random GPT-2 base stop within 5 tokens), to exercise that difference.
 
     python benchmarks/bench_decoding.py                          # GPT-2 base size, 64 brains, beam 5 (GPU: a minute)
-    python benchmarks/bench_decoding.py --baseline-brains 4      # on a CPU: time ClipCap on 4 brains (a rate)
+    python benchmarks/bench_decoding.py --brains 16 --baseline-brains 1 --repeats 3 --threads 2   # CPU (7 min)
     python benchmarks/bench_decoding.py --quick                  # small model, 8 brains: a smoke run
 """
 
@@ -30,12 +35,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
+import tempfile
 import time
 
 import torch
+import transformers
 
 from fgb2i_hf import BrainPrefixGPT2, BrainPrefixGPT2Config
+from fgb2i_hf.models.brain_prefix_gpt2.beam_search import beam_search, resolve_generation_config
 
 GPT2_PERIOD_ID = 13  # "." in GPT-2's vocabulary
 
@@ -128,17 +138,31 @@ def synchronize(device):
 
 
 def timed(fn, device):
+    """fn() -> (result, wall-clock seconds, CPU seconds of this process: all threads, spin-waits included)."""
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
     synchronize(device)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, time.process_time() - cpu
+
+
+def write_json(path: str, label: str, results: dict) -> None:
+    """Merge ``results`` under ``runs[label]`` into the JSON file at ``path`` (written to a temporary file, renamed)."""
+    runs = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            runs = json.load(f).get("runs", {})
+    runs[label] = results
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"runs": runs}, f, indent=1)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small model (2 layers, width 128), 8 brains, 20 tokens")
-    parser.add_argument("--brains", type=int, default=64)
+    parser.add_argument("--brains", type=int, default=64, help="brains decoded by ours, all in one batch")
     parser.add_argument("--beams", type=int, default=5)
     parser.add_argument("--entry-length", type=int, default=67, help="ClipCap's maximum caption length")
     parser.add_argument("--n-layer", type=int, default=12)
@@ -150,11 +174,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--stop-token", type=int, default=GPT2_PERIOD_ID)
     parser.add_argument("--baseline-brains", type=int, help="run ClipCap's decoding on the first N brains only "
                         "(captions/s is a rate; the captions are compared on those N); default: all")
+    parser.add_argument("--repeats", type=int, default=1, help="measure every decoder this many times, interleaved "
+                        "(ClipCap, HF beam, fast beam, greedy, ClipCap greedy, then again); medians are reported")
     parser.add_argument("--skip-greedy", action="store_true")
+    parser.add_argument("--skip-hf-beam", action="store_true", help="do not time transformers' own beam search")
+    parser.add_argument("--skip-unpacked", action="store_true", help="do not time the fast beam search without "
+                        "oneDNN weight packing (torch's default matrix product)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--json", help="also write the results here, merged with the file's other runs under a "
+                        "label naming the device, threads, caption length and '.' scale")
     if "--quick" in (sys.argv[1:] if argv is None else argv):  # smaller defaults; explicit flags still win
         parser.set_defaults(brains=8, entry_length=20, n_layer=2, n_embd=128, n_head=4, voxels=512)
     args = parser.parse_args(argv)
@@ -165,16 +195,20 @@ def main(argv=None) -> dict:
     gpt2, stop, n, limit = model.gpt2, args.stop_token, args.brains, args.entry_length
     betas = torch.randn(n, args.voxels, generator=torch.Generator().manual_seed(args.seed)).to(args.device)
     device_name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
+    n_base = min(n, args.baseline_brains or n)
     print(f"model: GPT-2 {args.n_layer} layers x {args.n_embd}, vocab 50257, prefix 10, mapper 8x8, "
-          f"{args.voxels} voxels; fp32 on {device_name} ({torch.get_num_threads()} CPU threads); {n} brains, "
-          f"beam {args.beams}, stop at '.' (id {stop}) or {limit} tokens, '.' embedding x{args.period_scale:g}")
-    results = {"device": device_name, "threads": torch.get_num_threads(), "brains": n, "beams": args.beams,
-               "entry_length": limit, "n_layer": args.n_layer, "n_embd": args.n_embd}
+          f"{args.voxels} voxels; fp32 on {device_name} ({torch.get_num_threads()} CPU threads); {n} brains in one "
+          f"batch (ClipCap: {n_base}, one at a time), beam {args.beams}, stop at '.' (id {stop}) or {limit} tokens, "
+          f"'.' embedding x{args.period_scale:g}; {args.repeats} interleaved repeat(s), medians; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    results = {"device": device_name, "threads": torch.get_num_threads(), "brains": n, "clipcap_brains": n_base,
+               "beams": args.beams, "entry_length": limit, "period_scale": args.period_scale,
+               "n_layer": args.n_layer, "n_embd": args.n_embd, "repeats": args.repeats,
+               "torch": torch.__version__, "transformers": transformers.__version__,
+               "load_average_start": os.getloadavg()[0]}
 
     def ours(**kwargs):
         return model.generate(betas=betas, subject="subj01", **{"max_new_tokens": limit, "eos_token_id": stop, **kwargs})
-
-    n_base = min(n, args.baseline_brains or n)
 
     def baseline(decode):
         out = []
@@ -183,48 +217,100 @@ def main(argv=None) -> dict:
             out.append(decode(prefix))
         return out
 
-    ours(num_beams=args.beams, max_new_tokens=2)  # warm-up (allocator, kernels)
-    modes = [("beam", args.beams)] + ([] if args.skip_greedy else [("greedy", 1)])
-    for mode, beams in modes:
-        if mode == "beam":
-            generated, t_ours = timed(lambda: ours(num_beams=beams, length_penalty=1.0), args.device)
-            reference, t_base = timed(lambda: baseline(
-                lambda p: clipcap_generate_beam(gpt2, p, beams, limit, stop)[0][0]), args.device)
-        else:
-            generated, t_ours = timed(lambda: ours(do_sample=False), args.device)
-            reference, t_base = timed(lambda: baseline(
-                lambda p: clipcap_generate_greedy(gpt2, p, limit, stop_token=stop)), args.device)
-        ours_tokens = [cut_at_stop(row, stop, limit) for row in generated.tolist()][:n_base]
-        same = sum(a == b for a, b in zip(ours_tokens, reference))
-        lengths = [len(t) for t in reference]
-        ours_rate, base_rate = n / t_ours, n_base / t_base
-        line = {"ours_s": t_ours, "clipcap_s": t_base, "clipcap_brains": n_base, "ours_captions_per_s": ours_rate,
-                "clipcap_captions_per_s": base_rate, "speedup": ours_rate / base_rate, "identical": same,
-                "mean_tokens": sum(lengths) / n_base, "stopped_at_period": sum(t[-1] == stop for t in reference)}
+    # name -> (is ours, how to decode); ours decode all n brains in one batch, ClipCap the first n_base one at a time
+    beam = dict(num_beams=args.beams, length_penalty=1.0)
+
+    def fast_unpacked():  # what generate(beam_impl="fast") runs, with torch's default matrix product
+        config, _ = resolve_generation_config(gpt2, {"max_new_tokens": limit, "eos_token_id": stop,
+                                                     "pad_token_id": model.eos_token_id, **beam})
+        return beam_search(gpt2, model.encode_brain(betas, "subj01"), config, pack_weights=False)
+
+    decoders = {
+        "clipcap_beam": (False, lambda: baseline(lambda p: clipcap_generate_beam(gpt2, p, args.beams, limit, stop)[0][0])),
+        "hf_beam": (True, lambda: ours(**beam, beam_impl="hf")),
+        "fast_beam": (True, lambda: ours(**beam, beam_impl="fast")),
+        "fast_beam_unpacked": (True, fast_unpacked),
+        "greedy": (True, lambda: ours(do_sample=False)),
+        "clipcap_greedy": (False, lambda: baseline(lambda p: clipcap_generate_greedy(gpt2, p, limit, stop_token=stop))),
+    }
+    if args.skip_hf_beam:
+        del decoders["hf_beam"]
+    if args.skip_unpacked or torch.device(args.device).type != "cpu":
+        del decoders["fast_beam_unpacked"]
+    if args.skip_greedy:
+        del decoders["greedy"], decoders["clipcap_greedy"]
+    for name in decoders:  # warm-up (allocator, kernels)
+        if name in ("hf_beam", "fast_beam"):
+            ours(**beam, beam_impl=name.split("_")[0], max_new_tokens=2)
+        if name == "greedy":
+            ours(do_sample=False, max_new_tokens=2)
+
+    rates = {name: [] for name in decoders}  # captions per wall-clock second
+    cpu_rates = {name: [] for name in decoders}  # captions per CPU second of this process
+    captions = {}
+    for repeat in range(args.repeats):
+        for name, (is_ours, decode) in decoders.items():
+            out, seconds, cpu_seconds = timed(decode, args.device)
+            count = n if is_ours else n_base
+            rates[name].append(count / seconds)
+            cpu_rates[name].append(count / cpu_seconds)
+            captions[name] = [cut_at_stop(r, stop, limit) for r in out.tolist()] if is_ours else out
+            print(f"  repeat {repeat + 1}/{args.repeats}: {name:18s} {count:3d} captions in {seconds:8.2f} s "
+                  f"({cpu_seconds:8.2f} CPU s); load average {os.getloadavg()[0]:.1f}", flush=True)
+    results["load_average_end"] = os.getloadavg()[0]
+
+    def report(name, reference):
+        """Rates, speed-up against ClipCap (median over repeats of the ratio within a repeat), same captions."""
+        ours_tokens, ref_tokens = captions[name][:n_base], captions[reference]
+        ratios = [a / b for a, b in zip(rates[name], rates[reference])]
+        cpu_ratios = [a / b for a, b in zip(cpu_rates[name], cpu_rates[reference])]
+        same = sum(a == b for a, b in zip(ours_tokens, ref_tokens))
+        lengths = [len(t) for t in ref_tokens]
+        line = {"captions_per_s": statistics.median(rates[name]), "captions_per_s_all": rates[name],
+                "clipcap_captions_per_s": statistics.median(rates[reference]),
+                "clipcap_captions_per_s_all": rates[reference], "speedup": statistics.median(ratios),
+                "speedup_all": ratios, "cpu_speedup": statistics.median(cpu_ratios), "cpu_speedup_all": cpu_ratios,
+                "identical": same, "mean_tokens": sum(lengths) / n_base,
+                "stopped_at_period": sum(t[-1] == stop for t in ref_tokens)}
         if same < n_base:  # which caption scores better, by ClipCap's own criterion?
-            better = worse = 0
             gaps = []
-            for i, (a, b) in enumerate(zip(ours_tokens, reference)):
+            for i, (a, b) in enumerate(zip(ours_tokens, ref_tokens)):
                 if a != b:
                     prefix = model.encode_brain(betas[i : i + 1], "subj01")
-                    gap = normalised_logprob(gpt2, prefix, a) - normalised_logprob(gpt2, prefix, b)
-                    gaps.append(gap)
-                    better += gap > 1e-5
-                    worse += gap < -1e-5
-            line.update(differing_ours_better=better, differing_ours_worse=worse,
+                    gaps.append(normalised_logprob(gpt2, prefix, a) - normalised_logprob(gpt2, prefix, b))
+            line.update(differing_ours_better=sum(g > 1e-5 for g in gaps), differing_ours_worse=sum(g < -1e-5 for g in gaps),
                         differing_score_gap_mean=sum(gaps) / len(gaps))
-        results[mode] = line
-        print(f"{mode:6s} ours (generate, batch {n}, KV cache): {ours_rate:8.2f} captions/s ({t_ours:.2f} s) | "
-              f"ClipCap (one brain at a time, no cache): {base_rate:8.3f} captions/s ({t_base:.2f} s for {n_base}) | "
-              f"speedup {ours_rate / base_rate:.1f}x")
-        print(f"       identical captions {same}/{n_base}; mean caption {line['mean_tokens']:.1f} tokens, "
-              f"{line['stopped_at_period']}/{n_base} stopped at '.'"
-              + ("" if same == n_base else f"; of the {n_base - same} that differ, ours scores higher (sum log p / length) in "
-                 f"{line['differing_ours_better']}, lower in {line['differing_ours_worse']}, mean gap "
-                 f"{line['differing_score_gap_mean']:+.4f}"))
+        return line
+
+    rows = [("beam", "fast_beam", "clipcap_beam", f"fast beam (beam_search.py, batch {n})"),
+            ("beam_unpacked", "fast_beam_unpacked", "clipcap_beam", "  same, torch's default matmul"),
+            ("beam_hf", "hf_beam", "clipcap_beam", f"HF beam (transformers, batch {n})"),
+            ("greedy", "greedy", "clipcap_greedy", f"greedy (transformers, batch {n})")]
+    for key, name, reference, title in rows:
+        if name not in decoders:
+            continue
+        line = results[key] = report(name, reference)
+        print(f"{title:36s} {line['captions_per_s']:8.3f} captions/s | ClipCap {line['clipcap_captions_per_s']:8.4f} "
+              f"captions/s | speedup {line['speedup']:5.1f}x (repeats: {', '.join(f'{r:.1f}' for r in line['speedup_all'])}; "
+              f"by CPU time {line['cpu_speedup']:.1f}x)")
+        print(f"{'':36s} identical to ClipCap's {line['identical']}/{n_base}; mean caption {line['mean_tokens']:.1f} "
+              f"tokens, {line['stopped_at_period']}/{n_base} stopped at '.'"
+              + ("" if line["identical"] == n_base else f"; of the {n_base - line['identical']} that differ, ours "
+                 f"scores higher (sum log p / length) in {line['differing_ours_better']}, lower in "
+                 f"{line['differing_ours_worse']}, mean gap {line['differing_score_gap_mean']:+.4f}"))
+    if "hf_beam" in decoders:
+        same = sum(a == b for a, b in zip(captions["fast_beam"], captions["hf_beam"]))
+        ratios = [a / b for a, b in zip(rates["fast_beam"], rates["hf_beam"])]
+        cpu_ratios = [a / b for a, b in zip(cpu_rates["fast_beam"], cpu_rates["hf_beam"])]
+        stopped = sum(t[-1] == stop for t in captions["hf_beam"])
+        results["fast_vs_hf"] = {"identical": same, "of": n, "hf_stopped_at_period": stopped,
+                                 "speedup": statistics.median(ratios), "speedup_all": ratios,
+                                 "cpu_speedup": statistics.median(cpu_ratios)}
+        print(f"fast beam vs HF beam: identical captions {same}/{n} ({stopped} of HF's stop at '.'); "
+              f"{statistics.median(ratios):.2f}x faster ({statistics.median(cpu_ratios):.2f}x by CPU time)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        label = f"{device_name}, {results['threads']} threads, {limit} tokens, '.' x{args.period_scale:g}, {n} brains"
+        write_json(args.json, label, results)
     return results
 
 

@@ -20,7 +20,6 @@ peak; pass --assumed-tflops).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import time
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from fgb2i_hf import MindEyeConfig, MindEyeModel
+from fgb2i_hf.core import atomic_write_json
 from fgb2i_hf.models.mindeye.losses import low_level_loss, soft_clip_loss
 
 VOXELS = 15724  # NSD subj01 nsdgeneral (MindEye1 Train_MindEye.py)
@@ -147,10 +147,7 @@ def main(argv=None):
         print(f"  {part:10} {value / 1e12:7.3f} TFLOP ({value / paper['flops_per_step']:.0%})")
     print(f"MindEye1 schedule: {EPOCHS} epochs x {steps_per_epoch} steps = {total_steps} steps -> "
           f"~{hours:.1f} h per subject at an assumed {args.assumed_tflops:.0f} TFLOP/s (estimate)")
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(RESULTS + ".tmp", RESULTS)
+    atomic_write_json(RESULTS, result)
     return result
 
 

@@ -30,7 +30,6 @@ Prints a markdown table (deltas against ``CE only``) and writes ``<output-dir>/a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -261,6 +260,7 @@ def main(argv=None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from fgb2i_hf import BrainPrefixGPT2
+    from fgb2i_hf.core import atomic_write_json, atomic_write_text
     from fgb2i_hf.data import NSDStimuli, load_nsd
     from fgb2i_hf.simnsd import simulate_nsd
     from fgb2i_hf.metrics import MeteorScorer
@@ -359,11 +359,8 @@ def main(argv=None) -> dict[str, Any]:
                      "only, not an effect.")
     markdown = "\n".join([table["markdown"], "", *[f"- {n}" for n in notes], *[f"- {v}" for v in result["verdict"]]])
     result["markdown"] = markdown
-    for path, text in ((os.path.join(args.output_dir, "ablation.md"), markdown + "\n"),
-                       (os.path.join(args.output_dir, "ablation.json"), json.dumps(result, indent=2, default=str) + "\n")):
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+    atomic_write_text(os.path.join(args.output_dir, "ablation.md"), markdown + "\n")
+    atomic_write_json(os.path.join(args.output_dir, "ablation.json"), result, default=str)
     print("\n" + markdown)
     print(f"\n[ablation] written {os.path.join(args.output_dir, 'ablation.md')} and ablation.json")
     return result

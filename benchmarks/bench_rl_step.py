@@ -17,7 +17,6 @@ the mechanics, not of SD v1.4); ``--clip-model``/``--renderer`` take real names 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -75,6 +74,7 @@ def main(argv=None) -> dict:
     from transformers import AutoTokenizer
 
     from fgb2i_hf import BrainPrefixGPT2
+    from fgb2i_hf.core import atomic_write_json
     from fgb2i_hf.data import NSDStimuli, load_nsd
     from fgb2i_hf.simnsd import simulate_nsd
     from fgb2i_hf.rl import ReinforceConfig, ReinforceTrainer
@@ -169,8 +169,7 @@ def main(argv=None) -> dict:
     print(f"\nFraction of the step in rewards: {100 * result['reward_fraction']:.1f}% ({reward_ms:.1f} ms)")
     print(f"Baseline, same run and batches: a CE-only step {ce_ms:.1f} ms -> an RL step costs {total / ce_ms:.1f}x")
     print(f"Mean sampled caption length (last step): {log.get('sample_length', float('nan')):.1f} tokens")
-    with open(os.path.join(args.output_dir, "bench_rl_step.json"), "w") as f:
-        json.dump(result, f, indent=2, default=str)
+    atomic_write_json(os.path.join(args.output_dir, "bench_rl_step.json"), result, default=str)
     return result
 
 

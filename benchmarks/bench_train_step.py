@@ -17,7 +17,6 @@ weight gradients, so a step costs about 2x the forward FLOPs rather than 3x.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -25,6 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fgb2i_hf import BrainPrefixGPT2, BrainPrefixGPT2Config
+from fgb2i_hf.core import atomic_write_json
 
 NSD_VOXELS = {"subj01": 15724, "subj02": 14278, "subj05": 13039, "subj07": 12682}
 
@@ -148,8 +148,7 @@ def main(argv=None) -> dict:
           f"achieved {achieved / 1e12:.3f} TFLOP/s; fp32 matmul peak ({peak_size}^3) {peak / 1e12:.3f} TFLOP/s; "
           f"MFU {100 * achieved / peak:.1f}%")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        atomic_write_json(args.json, results, indent=1)
     return results
 
 

@@ -25,6 +25,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from fgb2i_hf.core import atomic_write_text, save_png_atomic
 from fgb2i_hf.data import NSDStimuli, load_nsd, voxel_stats
 from fgb2i_hf.simnsd import load_simnsd_config, simulate_nsd
 from fgb2i_hf.metrics import format_table
@@ -80,10 +81,9 @@ def print_data_summary(root: str, dd, output_dir: str) -> None:
                      f"{row['fine_captions'][0] if row['fine_captions'] else ''} |")
     images = stim.get(rows["nsd_id"])
     grid = np.concatenate(list(images), axis=1)
-    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.Resampling.NEAREST).save(
-        os.path.join(output_dir, "stimuli.png"))
-    with open(os.path.join(output_dir, "data_summary.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    save_png_atomic(Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.Resampling.NEAREST),
+                    os.path.join(output_dir, "stimuli.png"))
+    atomic_write_text(os.path.join(output_dir, "data_summary.md"), "\n".join(lines) + "\n")
     print(f"\n[summary] {os.path.join(output_dir, 'stimuli.png')} and data_summary.md written")
 
 
@@ -212,8 +212,7 @@ def print_rl_report(ce_run_dir: str, rl_run_dir: str) -> dict:
     table = format_table({"CE (stage 1)": ce, "CE + RL (stage 2)": rl}, baseline="CE (stage 1)", columns=columns)
     print("\nTest split, stage 1 vs stage 2 (greedy captions; deltas against stage 1):\n")
     print(table)
-    with open(os.path.join(rl_run_dir, "ce_vs_rl.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+    atomic_write_text(os.path.join(rl_run_dir, "ce_vs_rl.md"), table + "\n")
     return {"CE (stage 1)": ce, "CE + RL (stage 2)": rl}
 
 
@@ -364,9 +363,7 @@ def write_report(output_dir: str, caption_rows: dict, image_rows: dict, recon: d
         "| step | s |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in seconds.items()], "",
     ]
     path = os.path.join(output_dir, "report.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import resolve_pretrained
+from .core import atomic_write_json, resolve_pretrained, save_safetensors_atomic
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -129,16 +129,10 @@ class CLIPScorer(nn.Module):
         return scorer.to(device) if device is not None else scorer
 
     def save_pretrained(self, path: str) -> None:
-        from safetensors.torch import save_file
-
         if not hasattr(self, "config"):
             raise ValueError("only a CLIPScorer built from a config dict can be saved as a folder")
-        os.makedirs(path, exist_ok=True)
-        tmp = os.path.join(path, WEIGHTS_NAME + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, tmp)
-        os.replace(tmp, os.path.join(path, WEIGHTS_NAME))
-        with open(os.path.join(path, CONFIG_NAME), "w") as f:
-            json.dump(self.config, f, indent=2)
+        save_safetensors_atomic(self.model.state_dict(), os.path.join(path, WEIGHTS_NAME))
+        atomic_write_json(os.path.join(path, CONFIG_NAME), self.config)
 
     # -- embeddings ---------------------------------------------------------------------------------------
     @property

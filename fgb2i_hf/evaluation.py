@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .core.tensors import betas_tensor
+from .core import atomic_write_json, atomic_write_text, betas_tensor
 
 CONTROL_ROW = "shuffled-brain control"
 MODEL_ROW = "brain"
@@ -142,16 +142,10 @@ class ControlledEvaluation:
                              for s, pair in self.subject_rows.items()}}
 
     def write(self, path_stem: str) -> tuple[str, str]:
-        """``<stem>.md`` (:meth:`markdown`) and ``<stem>.json`` (:meth:`to_json`), each through a temporary file."""
-        import json
-        import os
-
+        """``<stem>.md`` (:meth:`markdown`) and ``<stem>.json`` (:meth:`to_json`), each written atomically."""
         paths = (path_stem + ".md", path_stem + ".json")
-        for path, text in zip(paths, (self.markdown() + "\n", json.dumps(self.to_json(), indent=2) + "\n")):
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+        atomic_write_text(paths[0], self.markdown() + "\n")
+        atomic_write_json(paths[1], self.to_json())
         return paths
 
 

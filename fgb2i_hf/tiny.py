@@ -336,7 +336,53 @@ def tiny_brain_diffuser_extractor(model_seed: int = 0, width: int = 32, image_si
                                         image_size=image_size, name_or_path=TINY_RANDOM, **kwargs)
 
 
+# --- VDVAE and MindEye (the Brain-Diffuser and MindEye bases) -------------------------------------------------
+
+# A 16 px VDVAE with 6 latent layers, the first 3 the regression target (Brain-Diffuser's 31 of 75, in small).
+TINY_VDVAE_CONFIG = dict(image_size=16, width=8, zdim=2, enc_blocks="16x1,16d2,8x1,8d2,4x1,4d4,1x1",
+                         dec_blocks="1x1,4m1,4x1,8m4,16m8,16x1", custom_width_str="4:12,1:12", num_mixtures=3,
+                         num_target_layers=3)
+
+
+def tiny_vdvae(seed: int = 0, **_):
+    """A random tiny ``VDVAEModel`` (``TINY_VDVAE_CONFIG``) in eval mode."""
+    from .models.vdvae import VDVAEModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VDVAEModel(**TINY_VDVAE_CONFIG).eval()
+
+
+def tiny_vdvae_extractor(model_seed: int = 0, **kwargs):
+    """Brain-Diffuser's low-level target (``"vdvae"``) from :func:`tiny_vdvae`."""
+    from .decoders.vdvae_targets import VDVAETargetExtractor
+
+    kwargs.pop("revision", None)
+    return VDVAETargetExtractor(tiny_vdvae(model_seed), name_or_path=TINY_RANDOM, **kwargs)
+
+
+def tiny_mindeye(seed: int = 0, voxel_counts: dict | None = None, backbone: dict | None = None,
+                 clip_tokens: int | None = None, clip_dim: int | None = None):
+    """A random tiny ``MindEyeModel`` whose prior predicts the image context of ``backbone`` (a dict of Versatile
+    Diffusion components: tokens and width from its ``image_encoder``), or ``clip_tokens`` x ``clip_dim``."""
+    from .models.mindeye import MindEyeConfig, MindEyeModel
+
+    if backbone is not None and backbone.get("image_encoder") is not None:
+        vision = backbone["image_encoder"].config
+        clip_tokens = clip_tokens or (vision.image_size // vision.patch_size) ** 2 + 1
+        clip_dim = clip_dim or vision.projection_dim
+    config = MindEyeConfig(voxel_counts=dict(voxel_counts or {"subj01": 40}), clip_tokens=clip_tokens or 9,
+                           clip_dim=clip_dim or 16, hidden_size=32, num_blocks=2, projector_hidden_size=24,
+                           prior_depth=2, prior_heads=2, prior_dim_head=8, prior_timesteps=10,
+                           low_level_hidden_size=16, low_level_num_blocks=1, low_level_channels=8, low_level_side=2,
+                           low_level_block_out_channels=[8, 8], low_level_norm_num_groups=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MindEyeModel(config).eval()
+
+
 __all__ = ["CAPTIONS", "TINY_CLIP_CONFIG", "TINY_LLAVA_CHAT_TEMPLATE", "TINY_RANDOM",
            "save_tiny_llava", "tiny_brain_diffuser_extractor", "tiny_ldm_extractor", "tiny_brain_prefix_gpt2", "tiny_caption_tokenizer", "tiny_clip_scorer",
            "tiny_clip_tokenizer", "tiny_ddim_scheduler", "tiny_gpt2_config", "tiny_llava", "tiny_llava_tokenizer",
-           "tiny_sd_components", "tiny_vd_components"]
+           "tiny_sd_components", "tiny_vd_components", "TINY_VDVAE_CONFIG", "tiny_mindeye", "tiny_vdvae",
+           "tiny_vdvae_extractor"]

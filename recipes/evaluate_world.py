@@ -10,7 +10,6 @@ identification, and the LDM base's test correlations. With ``--figure_dir``, wri
 ``world_samples.png`` there; with ``--output_json``, the figures.
 """
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -51,6 +50,7 @@ def lines(figures: dict) -> list[str]:
 
 def main(argv=None):
     (config,) = TrlParser((EvaluateWorldConfig,)).parse_args_and_config(argv)
+    from fgb2i_hf.core import atomic_write_json, resolve_pretrained
     from fgb2i_hf.simnsd.world.data import load_world_data, simulate_world_nsd
     from fgb2i_hf.simnsd.world.evaluate import evaluate_world, retrieval_figure
 
@@ -64,7 +64,6 @@ def main(argv=None):
         from diffusers import DiffusionPipeline
 
         from fgb2i_hf.clip import CLIPScorer
-        from fgb2i_hf.core import resolve_pretrained
         from fgb2i_hf.simnsd.world.diffusion import sample_grid
 
         def path(component):
@@ -79,8 +78,7 @@ def main(argv=None):
                     os.path.join(config.figure_dir, "world_samples.png"), seed=config.seed,
                     num_inference_steps=config.num_inference_steps)
     if config.output_json:
-        with open(config.output_json, "w", encoding="utf-8") as f:
-            json.dump(figures, f, indent=1)
+        atomic_write_json(config.output_json, figures, indent=1)
     return figures
 
 

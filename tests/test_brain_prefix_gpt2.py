@@ -391,3 +391,17 @@ def test_public_names():
     assert BrainPrefixGPT2Config().mlp_ratio == 2.0 and BrainPrefixGPT2Config().prefix_length == 10
     assert BrainPrefixGPT2Config().freeze_language_model is True
     assert BrainPrefixGPT2Config().max_caption_tokens == 77
+
+
+def test_decode_captions_cuts_at_the_first_eos(tiny):
+    """The one decode of generated ids (generate_captions and the RL trainer): known answers."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    from fgb2i_hf.models.brain_prefix_gpt2 import decode_captions
+
+    _, tok = tiny
+    eos, ids = tok.eos_token_id, tok.encode("a red cube")
+    rows = torch.tensor([ids + [eos] + ids, ids + ids + [eos]])
+    assert decode_captions(rows, tok) == ["a red cube", "a red cubea red cube"]  # ids twice, no space between
+    assert decode_captions(GenerateDecoderOnlyOutput(sequences=rows), tok) == decode_captions(rows, tok)
+    assert decode_captions(rows[:, :-1], tok, eos_token_id=ids[-1]) == [tok.decode(ids[:-1]).strip()] * 2

@@ -20,10 +20,11 @@ def _load(name):
 def test_decoding_benchmark_quick_run_gives_the_same_captions_both_ways():
     bench = _load("bench_decoding")
     results = bench.main(["--quick", "--brains", "2", "--entry-length", "4"])
-    for mode in ("beam", "greedy"):
+    for mode in ("beam", "beam_unpacked", "beam_hf", "greedy"):
         assert results[mode]["identical"] == 2, mode
         assert results[mode]["mean_tokens"] == 4  # random weights: no "." before the limit
         assert results[mode]["speedup"] > 0
+    assert results["fast_vs_hf"]["identical"] == 2  # the fast beam search and transformers' agree
 
 
 def test_clipcap_beam_keeps_a_stopped_beam_in_its_slot():

@@ -1,5 +1,6 @@
 """compare_bases end to end on the tiny SimNSD: ridge decoders fitted on tiny random target models, all three
-bases, base vs FgB2I, one table (mechanics only: random models everywhere)."""
+bases computing every input from betas (Brain-Diffuser's VDVAE stage, MindEye's model), base vs FgB2I, one table
+(mechanics only: random models everywhere)."""
 
 import json
 import os
@@ -40,7 +41,7 @@ def comparison(simnsd_root, simnsd_dataset, decoders, tmp_path_factory):
         ldm_decoders_dir=decoders["ldm"], ldm_encoders_from=os.path.join(decoders["ldm"], "target_models"),
         brain_diffuser_decoders_dir=decoders["brain_diffuser"],
         brain_diffuser_encoders_from=os.path.join(decoders["brain_diffuser"], "target_models"),
-        stand_ins=True, num_inference_steps=4, w=0.5, device="cpu", feature_models="random")
+        mindeye_model="tiny-random", num_inference_steps=4, w=0.5, device="cpu", feature_models="random")
     models = load_feature_models(pretrained=False, clip=tiny_clip_scorer())
     result = compare_bases(config, dataset=simnsd_dataset["test"], stimuli=NSDStimuli(simnsd_root),
                            feature_models=models, progress=False)
@@ -59,32 +60,30 @@ def test_one_table_of_eight_metrics_for_three_bases_with_and_without_fgb2i(compa
     assert len(lines) == 2 + 6 and lines[3].startswith("| LDM + FgB2I |") and "(" in lines[3] and "(" not in lines[2]
     with open(os.path.join(config.output_dir, "comparison.md")) as f:
         text = f.read()
-    assert "Stand-ins (not the published inputs)" in text and "random weights" in text
+    assert "random weights" in text
     with open(os.path.join(config.output_dir, "comparison.json")) as f:
         record = json.load(f)
-    assert record["pairs"]["MindEye + FgB2I"] == "MindEye" and len(record["stand_ins"]) == 2
+    assert record["pairs"]["MindEye + FgB2I"] == "MindEye"
     assert all(record["images"][b] == 4 for b in ("ldm", "brain_diffuser", "mindeye"))
 
 
-def test_stand_ins_come_from_the_ridge_decoders(comparison):
-    from fgb2i_hf.pipelines import MindEyeInputs
+def test_the_bases_compute_their_low_level_images_from_betas(comparison):
+    """Brain-Diffuser decodes its ridge-predicted VDVAE latents (the tiny VDVAE: 16 px), MindEye its model's blurry
+    latents (the tiny VAE: 8 px); both are saved beside the reconstructions; LDM has no low-level stage."""
     from fgb2i_hf.drivers.reconstruct import load_images
 
     config, result = comparison
     ids = result["summaries"]["ldm"]["nsd_ids"]
-    low_level = load_images(os.path.join(config.output_dir, "stand_ins", "low_level"), ids)
-    assert low_level.shape == (4, 32, 32, 3)  # the tiny VAE's decode of the 16 x 16 ridge latents
-    inputs = MindEyeInputs.from_file(os.path.join(config.output_dir, "stand_ins", "mindeye_inputs.safetensors"),
-                                     embed_shape=None)
-    embeds, blurry = inputs.get(ids)
-    assert embeds.shape == (4, 65, 32) and blurry.shape == (4, 3, 32, 32)  # the tiny CLIP-vision target: 65 tokens
+    assert load_images(os.path.join(config.output_dir, "brain_diffuser", "low_level"), ids).shape == (4, 16, 16, 3)
+    assert load_images(os.path.join(config.output_dir, "mindeye", "low_level"), ids).shape == (4, 8, 8, 3)
+    assert not os.path.exists(os.path.join(config.output_dir, "ldm", "low_level"))
 
 
-def test_missing_inputs_need_stand_ins(comparison, simnsd_dataset):
+def test_mindeye_without_its_model_or_inputs_is_refused(comparison, simnsd_dataset):
     config, _ = comparison
-    with pytest.raises(ValueError, match=r"missing \['low_level_dir', 'mindeye_inputs'\]"):
-        compare_bases(replace(config, stand_ins=False), dataset=simnsd_dataset["test"], progress=False)
-
+    with pytest.raises(ValueError, match="mindeye base needs its CLIP-image embeddings"):
+        compare_bases(replace(config, bases=["mindeye"], mindeye_model=None, output_dir=config.output_dir + "_no_me"),
+                      dataset=simnsd_dataset["test"], progress=False)
 
 def test_a_saved_pipeline_with_ridge_decoders_loads_in_a_fresh_process(decoders, simnsd_dataset, tmp_path):
     """FgB2IPipeline.from_pretrained imports the RidgeDecoder module named in model_index.json (diffusers won't)."""

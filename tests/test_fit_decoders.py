@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from fgb2i_hf.data import DataContract
+
 from fgb2i_hf.decoders import RidgeDecoder
 from fgb2i_hf.drivers.fit import FitDecodersConfig, betas_matrix, fit_decoders, load_extractor
 from fgb2i_hf.decoders.targets import LDMTargetExtractor
@@ -25,15 +27,16 @@ class Stimuli:
 
 
 def nsd_rows(images, voxels={"subj01": 70, "subj02": 50}, seed=0):
-    """The agreed row format: two subjects, single-trial train rows (repeats), averaged shared test rows."""
+    """The agreed row format: two subjects, single-trial train rows (repeats), averaged held-out (validation) rows,
+    and a data contract as load_nsd attaches one."""
     rng = np.random.default_rng(seed)
     n = len(images)
     shared, own = np.arange(6), {"subj01": np.arange(6, 20), "subj02": np.arange(14, n)}
     features = images.reshape(n, -1)[:, :200].astype(np.float32) / 255
-    splits = {"train": [], "test": []}
+    splits = {"train": [], "validation": []}
     for subject, v in voxels.items():
         encoding = rng.standard_normal((200, v)).astype(np.float32)
-        for split, ids in (("train", np.repeat(own[subject], 2)), ("test", shared)):
+        for split, ids in (("train", np.repeat(own[subject], 2)), ("validation", shared)):
             for nsd_id in ids:
                 betas = features[nsd_id] @ encoding + 0.5 * rng.standard_normal(v)
                 splits[split].append({"subject": subject, "nsd_id": int(nsd_id), "coco_id": 1000 + int(nsd_id),
@@ -46,8 +49,12 @@ def nsd_rows(images, voxels={"subj01": 70, "subj02": 50}, seed=0):
         "betas": datasets.List(datasets.Value("float16")), "captions": datasets.List(datasets.Value("string")),
         "fine_captions": datasets.List(datasets.Value("string")), "objects": datasets.List(datasets.Value("string")),
         "trials": datasets.List(datasets.Value("int32"))})
-    return datasets.DatasetDict({split: datasets.Dataset.from_list(r, features=features_spec)
-                                 for split, r in splits.items()})
+    dd = datasets.DatasetDict({split: datasets.Dataset.from_list(r, features=features_spec)
+                               for split, r in splits.items()})
+    dd.data_contract = DataContract(subjects=tuple(voxels), sessions=1, average_train=False, zscore="train",
+                                    validation_fraction=0.05, voxel_mask={s: f"synthetic-{v}" for s, v in voxels.items()},
+                                    stats={s: "synthetic" for s in voxels})
+    return dd
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,7 @@ def test_fit_decoders_fits_saves_and_scores_every_subject_and_target(tmp_path, i
     extractor = LDMTargetExtractor.from_pretrained(str(out / "target_models"), device="cpu")
     for subject, v in (("subj01", 70), ("subj02", 50)):
         train = rows["train"].filter(lambda r: r["subject"] == subject)
-        test = rows["test"].filter(lambda r: r["subject"] == subject)
+        test = rows["validation"].filter(lambda r: r["subject"] == subject)
         # the sampled posterior is seeded by nsd_id, so read the images by id
         z_train = extractor.extract("z", images=Stimuli(images), ids=train["nsd_id"], progress=False)
         direct = RidgeDecoder(num_voxels=v, target_shape=z_train.shape[1:], alphas=cfg.z_alphas, cv=3).fit(
@@ -87,7 +94,7 @@ def test_fit_decoders_fits_saves_and_scores_every_subject_and_target(tmp_path, i
         torch.testing.assert_close(saved.predict(test_betas), direct.predict(test_betas), rtol=1e-4, atol=1e-4)
         c = RidgeDecoder.from_pretrained(str(out / subject / "c"))
         assert c.target_shape == (77, 32)
-        assert metrics[subject]["z"]["test"]["n_test"] == 6
+        assert metrics[subject]["z"]["validation"]["n_test"] == 6
 
 
 def test_targets_are_extracted_once_and_reused(tmp_path, images):
@@ -112,7 +119,7 @@ def test_brain_diffuser_base_single_alpha_and_bad_requests(tmp_path, images):
     assert vision.target_shape == (65, 32)
     # Brain-Diffuser's rescale gives the predictions the training targets' spread: it changes the R2, not the r
     test = metrics["subj02"]["clip_vision"]
-    assert test["test_rescaled"]["column_r"] == pytest.approx(test["test"]["column_r"], abs=1e-4)
+    assert test["validation_rescaled"]["column_r"] == pytest.approx(test["validation"]["column_r"], abs=1e-4)
 
     with pytest.raises(ValueError, match="not 'z'"):
         fit_decoders(config(tmp_path, base="brain_diffuser", targets=["z"]), dataset=rows,
@@ -157,13 +164,13 @@ def test_recipe_on_simnsd_end_to_end(simnsd_root, nsd_cache_dir, tmp_path, capsy
     for target in ("z", "c"):
         decoder = RidgeDecoder.from_pretrained(str(out / "subj01" / target))
         assert decoder.config.num_voxels == len(rows["train"][0]["betas"])
-        assert metrics["subj01"][target]["test"]["n_test"] == len(rows["test"])
+        assert metrics["subj01"][target]["validation"]["n_test"] == len(rows["validation"])
         assert metrics["subj01"][target]["fit"]["n_train"] == 300
     # the cached z targets are the tiny VAE's latents of the very images NSDStimuli serves
     ids = np.load(out / "targets" / "z.npy", mmap_mode="r").shape[0]
-    assert ids == len(set(rows["train"]["nsd_id"]) | set(rows["test"]["nsd_id"]))
+    assert ids == len(set(rows["train"]["nsd_id"]) | set(rows["validation"]["nsd_id"]))
     extractor = LDMTargetExtractor.from_pretrained(str(out / "target_models"), device="cpu")
-    first = sorted(set(rows["train"]["nsd_id"]) | set(rows["test"]["nsd_id"]))[:2]
+    first = sorted(set(rows["train"]["nsd_id"]) | set(rows["validation"]["nsd_id"]))[:2]
     np.testing.assert_allclose(np.load(out / "targets" / "z.npy")[:2],
                                extractor.extract("z", images=NSDStimuli(simnsd_root), ids=first, progress=False),
                                atol=1e-5)

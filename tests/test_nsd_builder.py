@@ -60,12 +60,14 @@ def test_split_sizes_and_row_contents(simnsd_dataset, simnsd_root):
     for subject in SUBJECTS:
         ids, shared = _design(simnsd_root, subject)
         train = _subset(simnsd_dataset["train"], subject)
+        validation = _subset(simnsd_dataset["validation"], subject)
         test = _subset(simnsd_dataset["test"], subject)
         n_test_trials = sum(i in shared for i in ids)
-        assert len(train) == len(ids) - n_test_trials  # single trials
+        assert len(train) + len(validation) == len(ids) - n_test_trials  # single trials, 5% of the images held out
         assert len(test) == cfg["shared_images"]  # one averaged row per shared image
         assert set(test["nsd_id"]) == shared and not set(train["nsd_id"]) & shared
-        assert len(set(train["nsd_id"])) == cfg["images_per_subject"] - cfg["shared_images"]
+        assert not set(validation["nsd_id"]) & (shared | set(train["nsd_id"]))
+        assert len(set(train["nsd_id"]) | set(validation["nsd_id"])) == cfg["images_per_subject"] - cfg["shared_images"]
         assert {len(b) for b in train.with_format("numpy")["betas"][:5]} == {cfg["voxels"][subject]}
         for row in train.select(range(20)):
             assert ids[row["trials"][0]] == row["nsd_id"] and len(row["trials"]) == 1
@@ -147,7 +149,7 @@ def test_train_statistics_zscore_and_reuse_on_new_data(simnsd_dataset, simnsd_ro
 
 def test_per_session_zscore(simnsd_root, nsd_cache_dir):
     dd = load_nsd(simnsd_root, subjects=["subj07"], cache_dir=nsd_cache_dir, zscore="session", beta_dtype="float32")
-    x = _betas(dd["train"])
+    x = _betas(dd["train"])  # each session's statistics are its training trials' (no test, no validation trial)
     session = np.array([t[0] // 750 for t in dd["train"]["trials"]])
     for s in range(3):
         assert np.abs(x[session == s].mean(0)).max() < 1e-3
@@ -162,7 +164,7 @@ def test_sessions_option_uses_the_first_sessions(simnsd_root, nsd_cache_dir):
     dd = load_nsd(simnsd_root, subjects=["subj01"], cache_dir=nsd_cache_dir, sessions=2)
     ids, shared = _design(simnsd_root, "subj01")
     first = ids[:1500]
-    assert len(dd["train"]) == sum(i not in shared for i in first)
+    assert len(dd["train"]) + len(dd["validation"]) == sum(i not in shared for i in first)
     assert set(dd["test"]["nsd_id"]) == {i for i in first if i in shared}
     assert len(dd["test"]) < len(shared)  # like 37 sessions giving 982 of the 1000 shared images
     assert max(max(t) for t in dd["test"]["trials"]) < 1500

@@ -80,7 +80,7 @@ def test_prepare_betas_pads_mixed_subjects_and_checks_them():
     assert prepare_betas(torch.ones(2, 4), ["subj01", "subj01"])[1] == "subj01"
     with pytest.raises(ValueError, match="one name per row"):
         prepare_betas([np.ones(3), np.ones(5)], "subj01")
-    with pytest.raises(ValueError, match="2 subjects for 3 rows"):
+    with pytest.raises(ValueError, match="2 names for 3 rows"):
         prepare_betas(torch.ones(3, 4), ["subj01", "subj02"])
     with pytest.raises(ValueError, match="`subject` is required"):
         prepare_betas(torch.ones(3, 4), None)

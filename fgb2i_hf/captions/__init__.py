@@ -14,7 +14,8 @@ Names are imported lazily, so ``fgb2i_hf.captions.objects`` stays light for its 
 """
 
 import importlib
-import warnings
+
+from ..core.deprecation import moved_names
 
 _EXPORTS = {
     "ImageCaptioner": "enhance", "enhance_captions": "enhance", "EnhanceSummary": "enhance",
@@ -34,11 +35,10 @@ _MOVED_TO_DRIVERS = ("EnhanceCaptionsConfig", "AuditCaptionsConfig", "enhance_ns
                      "coco_truth")
 
 
-def __getattr__(name):
-    if name in _MOVED_TO_DRIVERS:  # deprecated aliases, removed in the next release
-        warnings.warn(f"fgb2i_hf.captions.{name} moved to fgb2i_hf.drivers.captions.{name}; the old name will be "
-                      "removed in the next release", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("fgb2i_hf.drivers.captions"), name)
+def _export(name):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__getattr__ = moved_names(__name__, "fgb2i_hf.drivers.captions", _MOVED_TO_DRIVERS, fallback=_export)

@@ -19,13 +19,13 @@ with the numbers and the worst captions.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..core import atomic_write_json, atomic_write_text, save_png_atomic
 from .cache import write_records_atomic
 from .objects import CocoVocabulary, caption_object_mentions, caption_objects, canonical_objects, load_coco_vocabulary
 
@@ -281,7 +281,7 @@ def write_report(out_dir: str, fine: Sequence[CaptionAudit], coco: Sequence[Capt
                  settings: Mapping[str, object] | None = None, stimuli=None, worst: int = 20) -> dict[str, str]:
     """Write ``report.md``, ``summary.json`` and ``per_caption.jsonl`` (and ``worst.png`` when ``stimuli`` is given).
 
-    Returns ``{name: path}`` of the files written. Every file goes through a temporary name and a rename.
+    Returns ``{name: path}`` of the files written. Every file is written atomically.
     """
     os.makedirs(out_dir, exist_ok=True)
     summaries = {"fine captions": summarize(fine)}
@@ -294,17 +294,8 @@ def write_report(out_dir: str, fine: Sequence[CaptionAudit], coco: Sequence[Capt
         paths["grid"] = os.path.join(out_dir, "worst.png")
         labels = [f"{a.nsd_id}: {', '.join(dict.fromkeys(a.hallucinated)) or '-'}" for a in worst_list]
         grid = image_grid(np.asarray(stimuli.get([a.nsd_id for a in worst_list])), labels)
-        tmp = paths["grid"] + ".tmp.png"
-        grid.save(tmp)
-        os.replace(tmp, paths["grid"])
-    _write_text(paths["summary"], json.dumps({"settings": dict(settings or {}), **summaries}, indent=2, default=str) + "\n")
+        save_png_atomic(grid, paths["grid"])
+    atomic_write_json(paths["summary"], {"settings": dict(settings or {}), **summaries}, default=str)
     write_records_atomic(paths["per_caption"], [a.to_dict() for a in list(fine) + list(coco or [])])
-    _write_text(paths["report"], render_report(summaries, worst_list, dict(settings or {}), paths.get("grid")))
+    atomic_write_text(paths["report"], render_report(summaries, worst_list, dict(settings or {}), paths.get("grid")))
     return paths
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -23,10 +23,11 @@ import hashlib
 import json
 import logging
 import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
+
+from ..core import atomic_write_bytes
+from ..data.coco import check_fine_caption_record
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +46,9 @@ def settings_hash(model: str, revision: str | None, prompt: str, generation_kwar
 
 
 def validate_record(record, where: str) -> dict:
-    """Check the two required keys of a fine-caption record; raise :class:`CaptionCacheError` naming ``where``."""
-    if not isinstance(record, dict):
-        raise CaptionCacheError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    nsd_id, caption = record.get("nsd_id"), record.get("caption")
-    if isinstance(nsd_id, bool) or not isinstance(nsd_id, int) or nsd_id < 0:
-        raise CaptionCacheError(f"{where}: 'nsd_id' must be a non-negative int (0-based 73k id), got {nsd_id!r}")
-    if not isinstance(caption, str):
-        raise CaptionCacheError(f"{where}: 'caption' must be a string, got {caption!r}")
-    return record
+    """Check the two required keys of a fine-caption record (:func:`fgb2i_hf.data.coco.check_fine_caption_record`);
+    raise :class:`CaptionCacheError` naming ``where``."""
+    return check_fine_caption_record(record, where, CaptionCacheError)
 
 
 @dataclass
@@ -136,28 +131,9 @@ def _fsync_dir(path: str) -> None:
 
 
 def write_records_atomic(path: str, records: Sequence[dict]) -> None:
-    """Replace ``path`` by ``records`` through a temporary file in the same folder and an atomic rename; the file
-    keeps its permissions (a new one gets the umask's, as ``open`` would give it; mkstemp's are 0600)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(encode_records(records))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Replace ``path`` by ``records`` (:func:`fgb2i_hf.core.atomic_write_bytes`: a temporary file in the same
+    folder renamed into place, the file's permissions kept), then sync the folder so the rename itself is durable."""
+    atomic_write_bytes(path, encode_records(records))
     _fsync_dir(path)
 
 

@@ -48,9 +48,11 @@ def betas_tensor(betas, dtype=None, pad_to: int | None = None):
     return torch.from_numpy(out)
 
 
-def _to_tensor(betas, name: str):
+def _to_tensor(betas, name: str, allow_1d: bool):
+    """``betas`` as a 2-D tensor, and the rows' own lengths when they came as a sequence of rows (else None)."""
     import torch
 
+    lengths = None
     if isinstance(betas, torch.Tensor):
         tensor = betas
     elif isinstance(betas, np.ndarray) and betas.dtype != object:
@@ -63,22 +65,23 @@ def _to_tensor(betas, name: str):
                 raise ValueError(f"`{name}` given as a sequence must hold 1-D rows of voxel values")
             rows.append(row)
         dtype = np.result_type(*[r.dtype for r in rows])
-        out = np.zeros((len(rows), max(len(r) for r in rows)), dtype=dtype)
+        lengths = [len(r) for r in rows]
+        out = np.zeros((len(rows), max(lengths)), dtype=dtype)
         for i, r in enumerate(rows):
             out[i, : len(r)] = r
         tensor = torch.from_numpy(out)
     else:
         raise ValueError(f"`{name}` must be a float tensor or array (B, V), or a non-empty sequence of rows; "
                          f"got {type(betas).__name__}")
-    if tensor.ndim == 1:
+    if tensor.ndim == 1 and allow_1d:
         tensor = tensor[None]
     if tensor.ndim != 2:
-        raise ValueError(f"`{name}` must be 2-D (batch, voxels), got shape {tuple(tensor.shape)}")
+        raise ValueError(f"`{name}` must be a 2-D tensor or array (batch, voxels), got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise ValueError(f"`{name}` must be floating point, got dtype {tensor.dtype}")
     if tensor.shape[0] == 0:
         raise ValueError(f"`{name}` has no rows: expected at least one brain (B >= 1)")
-    return tensor
+    return tensor, lengths
 
 
 def _subjects(subject, batch: int, name: str) -> list[str]:
@@ -91,55 +94,71 @@ def _subjects(subject, batch: int, name: str) -> list[str]:
     raise ValueError(f"`subject` must be a subject name (str) or a list of one name per row, got {subject!r}")
 
 
+def _check_widths(tensor, subject, subjects: list[str], voxel_counts: Mapping[str, int], name: str) -> None:
+    """Known subjects; one subject: exactly its V_s columns; one name per row: at least max V_s columns and zeros
+    beyond each row's own V_s."""
+    import torch
+
+    unknown = sorted(set(subjects) - set(voxel_counts))
+    if unknown:
+        raise ValueError(f"unknown subject {', '.join(map(repr, unknown))}; this model knows {sorted(voxel_counts)}")
+    width = tensor.shape[1]
+    if isinstance(subject, str):
+        if width != voxel_counts[subject]:
+            raise ValueError(f"{name} for {subject} have {width} voxels per row, expected {voxel_counts[subject]} "
+                             f"({subject} has {voxel_counts[subject]} voxels in this model)")
+        return
+    need = max(voxel_counts[s] for s in set(subjects))
+    if width < need:
+        worst = next(s for s in subjects if voxel_counts[s] == need)
+        raise ValueError(f"{name} have {width} columns but {worst} needs {need} voxels (pad rows on the right)")
+    lengths = torch.tensor([voxel_counts[s] for s in subjects], device=tensor.device)
+    beyond = torch.arange(width, device=tensor.device)[None, :] >= lengths[:, None]
+    bad = (tensor.ne(0) & beyond).any(dim=1)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise ValueError(
+            f"row {i} ({subjects[i]}) has non-zero values after its {voxel_counts[subjects[i]]} voxels: a {name} "
+            "length that differs from the subject's voxel count, or padding that is not zeros (pad mixed-subject "
+            "rows with zeros on the right)")
+
+
 def as_betas(betas, subject, *, voxel_counts: Mapping[str, int] | None = None, device=None, dtype=None,
-             name: str = "betas"):
+             name: str = "betas", allow_1d: bool = True):
     """Validate betas and their subject(s); return ``(tensor (B, V), subject)``.
 
     Args:
-        betas: a tensor or array (B, V) or (V,), or a sequence of B 1-D rows (e.g. ``dataset[i:j]["betas"]``);
-            rows of different lengths are zero-padded on the right (mixed subjects).
+        betas: a tensor or array (B, V) (or (V,) for one row, with ``allow_1d``), or a sequence of B 1-D rows (e.g.
+            ``dataset[i:j]["betas"]``); rows of different lengths are zero-padded on the right (mixed subjects: they
+            need one subject name per row).
         subject: one name for all rows, or a list of B names.
-        voxel_counts: ``{subject: V_s}`` of the model that will read the betas: subjects must be known, a single
-            subject's rows must have exactly V_s values, mixed rows at least max V_s with zeros beyond each
-            row's own V_s.
+        voxel_counts: ``{subject: V_s}`` of the model that will read the betas: subjects must be known; with one
+            name for all rows the rows must have exactly V_s values; with one name per row (padded form) at least
+            max V_s, with zeros beyond each row's own V_s.
         device, dtype: where the tensor goes (default: unchanged device, float32). Finiteness is checked after
             the cast, so values that overflow the target dtype are caught.
         name: the argument's name in error messages.
+        allow_1d: read a 1-D tensor or array as one row (else it is an error).
     Returns:
         The tensor, and ``subject`` as given (a str stays a str, a list becomes a list of str).
     """
     import torch
 
-    tensor = _to_tensor(betas, name)
-    batch, width = tensor.shape
-    subjects = _subjects(subject, batch, name)
+    given, lengths = _to_tensor(betas, name, allow_1d)
+    subjects = _subjects(subject, given.shape[0], name)
+    if isinstance(subject, str) and lengths is not None and len(set(lengths)) > 1:
+        raise ValueError(f"`{name}` rows have different lengths {sorted(set(lengths))} but one subject {subject!r} "
+                         "was given; rows of several subjects need `subject` as a list with one name per row")
     if voxel_counts is not None:
-        unknown = sorted(set(subjects) - set(voxel_counts))
-        if unknown:
-            raise ValueError(f"unknown subject(s) {unknown}; this model knows {sorted(voxel_counts)}")
-        present = set(subjects)
-        if len(present) == 1:
-            (only,) = present
-            if width != voxel_counts[only]:
-                raise ValueError(f"{name} for {only} have {width} voxels per row, expected {voxel_counts[only]}")
-        else:
-            need = max(voxel_counts[s] for s in present)
-            if width < need:
-                worst = next(s for s in subjects if voxel_counts[s] == need)
-                raise ValueError(f"{name} have {width} columns but {worst} needs {need} voxels (pad rows on the right)")
-            lengths = torch.tensor([voxel_counts[s] for s in subjects], device=tensor.device)
-            beyond = torch.arange(width, device=tensor.device)[None, :] >= lengths[:, None]
-            bad = (tensor.ne(0) & beyond).any(dim=1)
-            if bool(bad.any()):
-                i = int(torch.nonzero(bad)[0])
-                raise ValueError(
-                    f"row {i} ({subjects[i]}) has non-zero values after its {voxel_counts[subjects[i]]} voxels: a "
-                    f"{name} length that differs from the subject's voxel count, or padding that is not zeros")
-    tensor = tensor.to(device=device if device is not None else tensor.device, dtype=dtype or torch.float32)
+        _check_widths(given, subject, subjects, voxel_counts, name)
+    tensor = given.to(device=device if device is not None else given.device, dtype=dtype or torch.float32)
     finite = torch.isfinite(tensor).all(dim=1)
     if not bool(finite.all()):
         rows = torch.nonzero(~finite).flatten().tolist()
         named = sorted({subjects[i] for i in rows})
-        raise ValueError(f"{name} contain NaN or inf in rows {rows[:10]} (subject(s) {named}) after conversion to "
-                         f"{tensor.dtype}; values beyond that dtype's range overflow to inf")
+        cast = ""
+        if bool(torch.isfinite(given[torch.tensor(rows, device=given.device)]).all()):
+            cast = (f", after the cast to the model's dtype {tensor.dtype} (largest finite value "
+                    f"{torch.finfo(tensor.dtype).max:.4g}): z-score the betas")
+        raise ValueError(f"{name} contain NaN or inf in rows {rows[:10]} (subject(s) {named}){cast}")
     return tensor, (subject if isinstance(subject, str) else subjects)

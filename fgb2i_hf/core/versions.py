@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import sys
 
 RECORDED = ("torch", "transformers", "diffusers", "accelerate", "datasets", "trl", "peft", "open_clip_torch",
-            "numpy")
+            "himalaya", "numpy")
+# Distribution name -> module name, where they differ.
+MODULES = {"open_clip_torch": "open_clip"}
 
 
 def versions() -> dict[str, str]:
@@ -23,6 +26,12 @@ def versions() -> dict[str, str]:
 
 
 def _version(name: str) -> str | None:
+    # An imported module's own ``__version__`` first: torch's carries the build's local tag (``2.14.1+cu130``),
+    # which its distribution metadata lacks. Nothing is imported here for it.
+    module = sys.modules.get(MODULES.get(name, name))
+    version = getattr(module, "__version__", None)
+    if isinstance(version, str):
+        return str(version)
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

@@ -9,27 +9,18 @@ The SimNSD simulator lives in :mod:`fgb2i_hf.simnsd` (``from fgb2i_hf.simnsd imp
 here still work for one release, with a ``DeprecationWarning``.
 """
 
-import importlib
-import warnings
-
+from ..core.deprecation import moved_names
 from ..core.tensors import betas_tensor
+from .contract import ContractError, DataContract
 from .layout import NSDDataError, NSDMissingFileError, NSDPaths, subject_id
 from .normalize import VoxelStats, voxel_stats
-from .nsd import NSD, NSDConfig, load_nsd
+from .nsd import NSD, NSDConfig, data_contract, load_nsd
 from .stimuli import NSDStimuli
 
-__all__ = ["NSD", "NSDConfig", "NSDDataError", "NSDMissingFileError", "NSDPaths", "NSDStimuli", "VoxelStats",
+__all__ = ["ContractError", "DataContract", "NSD", "NSDConfig", "data_contract", "NSDDataError", "NSDMissingFileError", "NSDPaths", "NSDStimuli", "VoxelStats",
            "betas_tensor", "load_nsd", "subject_id", "voxel_stats"]
 
 _MOVED_TO_SIMNSD = ("SimNSDConfig", "load_scenes", "load_simnsd_config", "noiseless_response", "scene_features_of",
                     "simulate_nsd")
 
-
-def __getattr__(name):
-    # Deprecated aliases (removed in the next release). Resolved at attribute access, so the data layer keeps no
-    # import of the simnsd layer above it.
-    if name in _MOVED_TO_SIMNSD:
-        warnings.warn(f"fgb2i_hf.data.{name} moved to fgb2i_hf.simnsd.{name}; the old name will be removed in the "
-                      "next release", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("fgb2i_hf.simnsd"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, "fgb2i_hf.simnsd", _MOVED_TO_SIMNSD)

@@ -62,6 +62,7 @@ class BrainDiffuserSource:
         self.sessions = self.table.sessions
         self.rows = {s: self.table.rows(s, average=True) for s in ("train", "test")}
         self.captions = {s: _read_captions(files[f"{s}_cap"], counts[s]) for s in ("train", "test")}
+        self.positions = {s: np.arange(counts[s]) for s in ("train", "test")}  # rows of each split in the files
         self.stim_files = {s: files[f"{s}_stim"] for s in ("train", "test")}
         self.n_vox = self.fmri["train"].shape[1]
 
@@ -89,9 +90,19 @@ class BrainDiffuserSource:
                            f"no number of sessions (1..{max_sessions}) of {design.path}; were the files made from "
                            "another NSD release or subject?")
 
+    def hold_out(self, is_held_out) -> None:
+        """Move the training images for which ``is_held_out(nsd_id)`` to a ``validation`` split (rows of the train
+        files)."""
+        held = np.array([is_held_out(nsd_id) for nsd_id, _ in self.rows["train"]], dtype=bool)
+        rows, captions, positions = self.rows["train"], self.captions["train"], self.positions["train"]
+        for split, keep in (("validation", held), ("train", ~held)):
+            self.rows[split] = [r for r, k in zip(rows, keep) if k]
+            self.captions[split] = [c for c, k in zip(captions, keep) if k]
+            self.positions[split] = positions[keep]
+
     def check_images(self, stimuli) -> None:
         """If the processed stimuli exist, check their first and last rows against imgBrick at the recovered ids."""
-        for split, path in self.stim_files.items():
+        for split, path in self.stim_files.items():  # before hold_out: the files' own train/test rows
             if not os.path.isfile(path) or not self.rows[split]:
                 continue
             stim = _open_npy(path, "Brain-Diffuser stimuli")
@@ -105,7 +116,13 @@ class BrainDiffuserSource:
 
     def row_block(self, split: str, start: int, stop: int, session_zscore: bool = False) -> np.ndarray:
         """Betas of rows start..stop in % signal change, float32 (n, V) (per-session z-scoring needs trials)."""
-        return np.asarray(self.fmri[split][start:stop], dtype=np.float32) / 300.0
+        array = self.fmri["test" if split == "test" else "train"]
+        positions = self.positions[split][start:stop]
+        if len(positions) and positions[-1] - positions[0] == len(positions) - 1:  # contiguous: one slice
+            block = array[positions[0] : positions[-1] + 1]
+        else:
+            block = array[positions]
+        return np.asarray(block, dtype=np.float32) / 300.0
 
     def close(self) -> None:
         self.fmri = {}

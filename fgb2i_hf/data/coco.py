@@ -120,6 +120,19 @@ def read_coco_annotations(paths: NSDPaths, wanted: dict[str, set[int]], on_missi
     return captions, objects
 
 
+def check_fine_caption_record(record, where: str, error: type[Exception] = NSDDataError) -> dict:
+    """Check the two required keys of a fine-caption record (``nsd_id``: a non-negative int, ``caption``: a str);
+    raise ``error`` naming ``where`` (a file and line, or the record's origin). Returns the record."""
+    if not isinstance(record, dict):
+        raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+    nsd_id, caption = record.get("nsd_id"), record.get("caption")
+    if isinstance(nsd_id, bool) or not isinstance(nsd_id, int) or nsd_id < 0:
+        raise error(f"{where}: 'nsd_id' must be a non-negative int (0-based 73k id), got {nsd_id!r}")
+    if not isinstance(caption, str):
+        raise error(f"{where}: 'caption' must be a string, got {caption!r}")
+    return record
+
+
 def read_fine_captions(path: str, nsd_ids: Iterable[int] | None = None, skip_flagged: bool = False) -> dict[int, list[str]]:
     """``{nsd_id: [caption, ...]}`` from a fine-captions JSONL (one JSON object per line).
 
@@ -138,13 +151,8 @@ def read_fine_captions(path: str, nsd_ids: Iterable[int] | None = None, skip_fla
             except json.JSONDecodeError as e:
                 raise NSDDataError(f"{path}:{lineno}: not a JSON object ({e}); expected one fine-caption "
                                    'record per line, e.g. {"nsd_id": 123, "caption": "..."}') from None
-            if not isinstance(record, dict):
-                raise NSDDataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            nsd_id, caption = record.get("nsd_id"), record.get("caption")
-            if isinstance(nsd_id, bool) or not isinstance(nsd_id, int) or nsd_id < 0:
-                raise NSDDataError(f"{path}:{lineno}: 'nsd_id' must be a non-negative int (0-based 73k id), got {nsd_id!r}")
-            if not isinstance(caption, str):
-                raise NSDDataError(f"{path}:{lineno}: 'caption' must be a string, got {caption!r}")
+            check_fine_caption_record(record, f"{path}:{lineno}")
+            nsd_id, caption = record["nsd_id"], record["caption"]
             if skip_flagged and record.get("flagged") is True:
                 continue
             if wanted is None or nsd_id in wanted:

@@ -4,13 +4,15 @@
     builder.download_and_prepare(); dd = builder.as_dataset()        # DatasetDict(train, test), memory-mapped
     dd = load_nsd("/data/nsd", subjects=["subj01", "subj02"])        # all subjects' rows, concatenated
 
-Conventions (README "NSD conventions"): test = the shared images (``sharedix``), repetitions averaged; train =
-every other image the subject saw, single trials (``average_train=True`` averages them); ``sessions=N`` uses
+Conventions (README "NSD conventions"): test = the shared images (``sharedix``), repetitions averaged; validation =
+the training images held out by a fixed rule on the image id (``validation_fraction``, default 5%; see
+``data/contract.py``), rows formed as train's; train = every other image the subject saw, single trials
+(``average_train=True`` averages them); ``sessions=N`` uses
 the first N sessions; betas are nsdgeneral voxels (label > 0) in the C order of the (X, Y, Z) volume, in % signal
 change (the stored dtype decides, as in NSD's own files: int16 betas hold % signal change x 300 and are divided
 by 300; float betas hold % signal change and are taken as they are; a non-finite value stops the build) and
 z-scored per voxel with training statistics (``zscore="train"``; "session" or "none" as options), which are saved
-beside the Arrow files (``voxel_stats``). File reading lives in the reader
+beside the Arrow files (``voxel_stats``) with the build's data contract (``data_contract``). File reading lives in the reader
 modules; everything is read and checked in ``_split_generators`` before any row is written, and a failed build
 leaves nothing in the cache (datasets writes to ``<dir>.incomplete`` and renames on success).
 """
@@ -25,6 +27,8 @@ import numpy as np
 from datasets.features.features import encode_nested_example
 
 from .betas import available_sessions, read_nsdgeneral, resolve_sessions
+from .contract import CONTRACT_NAME, DEFAULT_VALIDATION_FRACTION, DataContract, array_fingerprint, is_validation_image
+from .contract import merge_contracts
 from .brain_diffuser import BrainDiffuserSource
 from .coco import default_fine_captions, read_coco_annotations, read_fine_captions
 from .design import read_expdesign, read_stim_info, trial_table
@@ -59,22 +63,27 @@ class NSDConfig(datasets.BuilderConfig):
         annotations_dir: COCO annotations folder (default NSD's ``nsddata_stimuli/stimuli/nsd/annotations``).
         processed_dir: Brain-Diffuser's ``processed_data`` folder (default ``<root>/processed_data``).
         betas_type: NSD's betas version folder (default ``betas_fithrf_GLMdenoise_RR``).
+        validation_fraction: the share of training images held out as the ``validation`` split, chosen by
+            ``fgb2i_hf.data.contract.is_validation_image`` (a hash of the image id; 0: no validation split).
     """
 
     def __init__(self, subject="subj01", layout="auto", sessions=None, betas_format="auto", average_train=None,
                  zscore="train", beta_dtype="float16", fine_captions=None, skip_flagged_fine_captions=False,
                  on_missing_captions="error", annotations_dir=None, processed_dir=None,
-                 betas_type=DEFAULT_BETAS_TYPE, source_fingerprint="", **kwargs):
+                 betas_type=DEFAULT_BETAS_TYPE, validation_fraction=DEFAULT_VALIDATION_FRACTION, source_fingerprint="",
+                 **kwargs):
         super().__init__(**kwargs)
         self.subject, self.layout, self.sessions, self.betas_format = subject, layout, sessions, betas_format
         self.average_train, self.zscore, self.beta_dtype = average_train, zscore, beta_dtype
         self.fine_captions, self.skip_flagged_fine_captions = fine_captions, skip_flagged_fine_captions
         self.on_missing_captions, self.annotations_dir = on_missing_captions, annotations_dir
         self.processed_dir, self.betas_type, self.source_fingerprint = processed_dir, betas_type, source_fingerprint
+        self.validation_fraction = validation_fraction
 
 
 _OPTIONS = ("layout", "sessions", "betas_format", "average_train", "zscore", "beta_dtype", "fine_captions",
-            "skip_flagged_fine_captions", "on_missing_captions", "annotations_dir", "processed_dir", "betas_type")
+            "skip_flagged_fine_captions", "on_missing_captions", "annotations_dir", "processed_dir", "betas_type",
+            "validation_fraction")
 
 
 def _check_options(cfg: NSDConfig) -> None:
@@ -87,6 +96,9 @@ def _check_options(cfg: NSDConfig) -> None:
         raise ValueError(f"sessions must be a positive int or None, got {cfg.sessions!r}")
     if cfg.average_train not in (None, True, False):
         raise ValueError(f"average_train must be True, False or None, got {cfg.average_train!r}")
+    fraction = cfg.validation_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction must be a number in [0, 1), got {fraction!r}")
 
 
 def _fingerprint(root: str, subject: str, options: dict) -> str:
@@ -132,7 +144,7 @@ class NSD(datasets.GeneratorBasedBuilder):
                        for s in SUBJECTS]
     DEFAULT_CONFIG_NAME = "subj01"
     DEFAULT_WRITER_BATCH_SIZE = _BLOCK_ROWS
-    VERSION = datasets.Version("1.0.0")
+    VERSION = datasets.Version("1.1.0")  # 1.1: the validation split and the data contract
 
     def __init__(self, config_name: str = "subj01", data_dir: str | None = None, **kwargs):
         if not data_dir:
@@ -198,6 +210,10 @@ class NSD(datasets.GeneratorBasedBuilder):
         paths = NSDPaths(cfg.data_dir, cfg.betas_type, cfg.annotations_dir)
         layout = self._layout(paths)
         design = read_expdesign(paths)
+
+        def held_out(nsd_id):
+            return is_validation_image(nsd_id, cfg.validation_fraction)
+
         self._bd_captions = None
         if layout == "raw":
             average_train = bool(cfg.average_train)  # None -> single trials
@@ -207,7 +223,8 @@ class NSD(datasets.GeneratorBasedBuilder):
             self._meta = self._metadata(paths, table.nsd_ids)
             labels = read_nsdgeneral(paths, cfg.subject)
             scratch = os.path.join(self._output_dir, f"{cfg.subject}.betas.scratch")
-            self._source = RawBetasSource(table, files, labels, scratch, average_train, cfg.zscore)
+            self._source = RawBetasSource(table, files, labels, scratch, average_train, cfg.zscore, held_out)
+            mask = array_fingerprint(labels > 0)
         else:
             if cfg.average_train is False:
                 raise ValueError("Brain-Diffuser's processed files hold per-image averages; average_train=False needs "
@@ -222,12 +239,23 @@ class NSD(datasets.GeneratorBasedBuilder):
             if os.path.isfile(paths.stimuli):
                 with NSDStimuli(paths.stimuli) as stim:
                     self._source.check_images(stim)
+            average_train, sessions = True, self._source.sessions
+            mask = (array_fingerprint(read_nsdgeneral(paths, cfg.subject) > 0) if n_vox is not None
+                    else f"brain-diffuser:{self._source.n_vox}")
             self._meta = self._metadata(paths, self._source.table.nsd_ids)
             self._bd_captions = self._source.captions
+        self._source.hold_out(held_out)
         self._stats = self._statistics(self._source)
         self._stats.save(os.path.join(self._output_dir, STATS_FILENAME))
-        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"split": "train"}),
-                datasets.SplitGenerator(name=datasets.Split.TEST, gen_kwargs={"split": "test"})]
+        contract = DataContract(subjects=(cfg.subject,), sessions=int(sessions), average_train=average_train,
+                                zscore=cfg.zscore, validation_fraction=float(cfg.validation_fraction), layout=layout,
+                                betas_type=cfg.betas_type, beta_dtype=cfg.beta_dtype, voxel_mask={cfg.subject: mask},
+                                stats={cfg.subject: array_fingerprint(self._stats.mean, self._stats.std)})
+        contract.save(self._output_dir)
+        splits = [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"split": "train"})]
+        if cfg.validation_fraction > 0:
+            splits.append(datasets.SplitGenerator(name=datasets.Split.VALIDATION, gen_kwargs={"split": "validation"}))
+        return splits + [datasets.SplitGenerator(name=datasets.Split.TEST, gen_kwargs={"split": "test"})]
 
     def _statistics(self, source) -> VoxelStats:
         """Per-voxel mean and std (ddof=1) of the training rows in % signal change."""
@@ -271,6 +299,10 @@ class NSD(datasets.GeneratorBasedBuilder):
                 self._source.close()  # also deletes the scratch file before the folder is renamed into place
                 self._source = None
 
+    def data_contract(self) -> DataContract:
+        """The data contract of this build (after ``download_and_prepare``)."""
+        return DataContract.load(self._output_dir, f"the NSD build of {self.config.subject}")
+
     def voxel_stats(self) -> VoxelStats:
         """The z-scoring statistics saved with this build (after ``download_and_prepare``)."""
         return VoxelStats.load(os.path.join(self._output_dir, STATS_FILENAME))
@@ -296,7 +328,9 @@ def load_nsd(root: str, subjects=None, cache_dir: str | None = None, download_mo
         download_mode: e.g. ``"force_redownload"`` to rebuild.
         **options: :class:`NSDConfig` options (``sessions``, ``zscore``, ``average_train``, ...), for every subject.
     Returns:
-        ``DatasetDict(train=..., test=...)``; each subject's rows in turn, memory-mapped Arrow.
+        ``DatasetDict(train=..., validation=..., test=...)`` (no validation with ``validation_fraction=0``); each
+        subject's rows in turn, memory-mapped Arrow. Its ``data_contract`` attribute is the build's
+        :class:`~fgb2i_hf.data.contract.DataContract` (also ``data_contract(dataset)`` of any of its splits).
     """
     unknown = set(options) - set(_OPTIONS)
     if unknown:
@@ -308,11 +342,29 @@ def load_nsd(root: str, subjects=None, cache_dir: str | None = None, download_mo
     subjects = [subject_id(s) for s in subjects]
     if len(set(subjects)) != len(subjects):
         raise ValueError(f"subjects listed twice: {subjects}")
-    parts: dict[str, list[datasets.Dataset]] = {"train": [], "test": []}
+    parts: dict[str, list[datasets.Dataset]] = {}
+    contracts = []
     for subject in subjects:
         builder = NSD(config_name=subject, data_dir=root, cache_dir=cache_dir, **options)
         builder.download_and_prepare(download_mode=download_mode)
         built = builder.as_dataset()
-        for split in parts:
-            parts[split].append(built[split])
-    return datasets.DatasetDict({k: v[0] if len(v) == 1 else datasets.concatenate_datasets(v) for k, v in parts.items()})
+        for split in built:
+            parts.setdefault(str(split), []).append(built[split])
+        contracts.append(builder.data_contract())
+    dd = datasets.DatasetDict({k: v[0] if len(v) == 1 else datasets.concatenate_datasets(v) for k, v in parts.items()})
+    dd.data_contract = merge_contracts(contracts)
+    return dd
+
+
+def data_contract(dataset) -> DataContract:
+    """The data contract of an NSD ``Dataset`` or ``DatasetDict`` from ``load_nsd`` (read from beside its Arrow
+    files, so it survives ``select``/``filter`` of the split)."""
+    if hasattr(dataset, "data_contract"):
+        return dataset.data_contract
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = next(iter(dataset.values()))
+    folders = list(dict.fromkeys(os.path.dirname(f["filename"]) for f in dataset.cache_files))
+    pieces = [DataContract.load(folder) for folder in folders if os.path.isfile(os.path.join(folder, CONTRACT_NAME))]
+    if not pieces:
+        raise ValueError("this dataset carries no data contract: it was not built by fgb2i_hf.data.load_nsd")
+    return merge_contracts(pieces)

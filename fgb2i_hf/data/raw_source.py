@@ -22,7 +22,7 @@ from .normalize import mean_std
 
 class RawBetasSource:
     def __init__(self, table: TrialTable, session_files: dict[int, str], labels: np.ndarray, scratch_path: str,
-                 average_train: bool, zscore: str):
+                 average_train: bool, zscore: str, held_out=None):
         self.table, self.zscore = table, zscore
         order = voxel_order(labels)
         self.n_vox = order.n
@@ -40,12 +40,21 @@ class RawBetasSource:
                 elif block.dtype != self.dtype:
                     raise NSDDataError(f"{session_files[s + 1]}: betas are {block.dtype} but session 1 was {self.dtype}")
                 out.write(np.ascontiguousarray(block).tobytes())
-                if zscore == "session":
-                    train = ~table.is_test[s * TRIALS_PER_SESSION:(s + 1) * TRIALS_PER_SESSION]
+                if zscore == "session":  # the session's training trials: neither test nor held-out (validation)
+                    trials = slice(s * TRIALS_PER_SESSION, (s + 1) * TRIALS_PER_SESSION)
+                    train = ~table.is_test[trials]
+                    if held_out is not None:
+                        train &= ~np.array([held_out(int(i)) for i in table.nsd_ids[trials]], dtype=bool)
                     pct = block[train].astype(np.float64) / self.divisor
                     self.session_mean[s], self.session_std[s] = mean_std(pct.sum(0), (pct**2).sum(0), len(pct))
         self._row_bytes = self.n_vox * self.dtype.itemsize
         self._fd = os.open(scratch_path, os.O_RDONLY)
+
+    def hold_out(self, is_held_out) -> None:
+        """Move the training rows whose image ``is_held_out(nsd_id)`` to a ``validation`` split."""
+        train = self.rows["train"]
+        self.rows["validation"] = [r for r in train if is_held_out(r[0])]
+        self.rows["train"] = [r for r in train if not is_held_out(r[0])]
 
     def read_trials(self, trials: np.ndarray, session_zscore: bool = True) -> np.ndarray:
         """Betas of sorted, distinct trial indices in % signal change, float32 (n, V); runs are read at once.

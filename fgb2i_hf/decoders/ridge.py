@@ -39,10 +39,9 @@ import torch
 from diffusers import ConfigMixin, ModelMixin  # noqa: F401  (ModelMixin must be a name in this module: see below)
 from diffusers.configuration_utils import register_to_config
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..core import resolve_pretrained
+from ..core import atomic_write_text, resolve_pretrained, save_safetensors_atomic, versions
 
 # diffusers' pipeline loader looks the component's base classes up *in the component's module*
 # (pipeline_loading_utils.get_class_obj_and_candidates: getattr(module, "ModelMixin")), so ModelMixin has to be
@@ -352,10 +351,6 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
         return grid[index], -torch.as_tensor(cv_scores).reshape(-1).cpu()
 
     def _summary(self, N, alphas, alpha, cv_r2, device, start_time) -> dict:
-        import himalaya
-
-        from .. import __version__
-
         chosen = alpha.double().cpu().numpy()
         counts = {f"{a:g}": int(np.sum(np.isclose(chosen, a))) for a in alphas}
         r2 = cv_r2.cpu().numpy()
@@ -367,7 +362,7 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
             "n_train": int(N), "alpha_counts": counts, "fraction_alpha_at_grid_edge": edge,
             "cv_r2_mean": None if np.all(np.isnan(r2)) else float(np.nanmean(r2)),
             "seconds": round(time.perf_counter() - start_time, 2), "device": str(device),
-            "versions": {"fgb2i_hf": __version__, "himalaya": himalaya.__version__, "torch": str(torch.__version__)},
+            "versions": versions(),
         }
 
     def _who(self) -> str:
@@ -416,7 +411,7 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
 
     # -- saving and loading ------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
-        """Write ``config.json`` and ``model.safetensors`` (each to a temporary name, then renamed).
+        """Write ``config.json`` and ``model.safetensors`` (each atomically).
 
         diffusers' ``DiffusionPipeline.save_pretrained`` calls this for the component's subfolder; keyword
         arguments it may pass (``safe_serialization``, ``variant``, ...) do not apply and are ignored.
@@ -426,14 +421,8 @@ class RidgeDecoder(ModelMixin, ConfigMixin):
         os.makedirs(save_directory, exist_ok=True)
         tensors = {name: buf.detach().to("cpu").contiguous() for name, buf in self.named_buffers()}
         weights_path = os.path.join(save_directory, WEIGHTS_NAME)
-        tmp = f"{weights_path}.tmp-{os.getpid()}"
-        save_file(tensors, tmp, metadata={"format": "pt", "fit_id": self.config.fit_id})
-        os.replace(tmp, weights_path)
-        config_path = os.path.join(save_directory, CONFIG_NAME)
-        tmp = f"{config_path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
-        os.replace(tmp, config_path)
+        save_safetensors_atomic(tensors, weights_path, metadata={"format": "pt", "fit_id": self.config.fit_id})
+        atomic_write_text(os.path.join(save_directory, CONFIG_NAME), self.to_json_string())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, subfolder: str | None = None,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core import resolve_pretrained
+from ..core import atomic_write_json, resolve_pretrained, save_npy_atomic
 
 LDM_MODEL = "CompVis/stable-diffusion-v1-4"
 VERSATILE_DIFFUSION_MODEL = "shi-labs/versatile-diffusion"
@@ -160,8 +160,8 @@ class TargetExtractor:
         (``target_extractor.json``); ``from_pretrained(save_directory)`` restores both."""
         for component in self.components:
             getattr(self, component).save_pretrained(os.path.join(save_directory, component))
-        _write_atomic(os.path.join(save_directory, EXTRACTOR_CONFIG),
-                      json.dumps({"base": self.base, **self.extraction_kwargs()}, indent=1))
+        atomic_write_json(os.path.join(save_directory, EXTRACTOR_CONFIG),
+                          {"base": self.base, **self.extraction_kwargs()}, indent=1)
 
     @staticmethod
     def _saved_kwargs(path: str, kwargs: dict) -> dict:
@@ -314,7 +314,7 @@ def extract_targets(extractor: TargetExtractor, name: str, path: str, *, ids: Se
             if os.path.exists(stale):
                 os.remove(stale)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        _write_atomic(meta_path, json.dumps(meta, indent=1))
+        atomic_write_json(meta_path, meta, indent=1)
     batches = [slice(start, min(start + batch_size, len(ids))) for start in range(0, len(ids), batch_size)]
     done = np.load(done_path) if os.path.exists(done_path) else np.zeros(len(batches), bool)
     out = open_memmap(partial, mode="r+") if os.path.exists(partial) else None
@@ -331,9 +331,10 @@ def extract_targets(extractor: TargetExtractor, name: str, path: str, *, ids: Se
             out[rows] = values
             out.flush()
             done[b] = True
-            _save_npy_atomic(done_path, done)
+            save_npy_atomic(done_path, done)
             bar.update(len(values))
     del out
+    # Not a core writer: the partial file is filled batch by batch across restarts (resumable), then renamed.
     os.replace(partial, path)
     os.remove(done_path)
     return np.load(path, mmap_mode="r")
@@ -346,15 +347,3 @@ def _read_json(path):
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
-
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _save_npy_atomic(path, array):
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)

@@ -16,6 +16,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from ..core import atomic_write_json, atomic_write_text
 from ..data.collate import CAPTION_COLUMNS, check_captions
 from ..evaluation import CONTROL_ROW, MODEL_ROW, brainhub_predictions, evaluate_with_control
 
@@ -62,29 +63,23 @@ class EvaluateCaptionsArguments:
             self.metrics = []
 
 
-def _write_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def write_predictions(output_dir: str, dataset, predictions: list[str], control: list[str], references: str,
                       prefix: str = "") -> list[str]:
     """BrainHub files ``<prefix>predictions_<subject>.json`` / ``<prefix>control_<subject>.json`` and
-    ``<prefix>predictions.jsonl``, each through a temporary file; returns the paths."""
+    ``<prefix>predictions.jsonl``, each written atomically; returns the paths."""
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     for name, captions in (("predictions", predictions), ("control", control)):
         for subject, per in brainhub_predictions(dataset, captions).items():
             path = os.path.join(output_dir, f"{prefix}{name}_{subject}.json")
-            _write_text(path, json.dumps(per, indent=1, ensure_ascii=False) + "\n")
+            atomic_write_json(path, per, indent=1, ensure_ascii=False)
             paths.append(path)
     rows = dataset.select_columns(["subject", "nsd_id", references, "objects"])
     lines = [json.dumps({"subject": r["subject"], "nsd_id": r["nsd_id"], "prediction": p, "control": c,
                          "references": r[references], "objects": r["objects"]}, ensure_ascii=False)
              for r, p, c in zip(rows, predictions, control)]
     path = os.path.join(output_dir, f"{prefix}predictions.jsonl")
-    _write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return paths + [path]
 
 
@@ -168,6 +163,5 @@ def evaluate_captions(args: EvaluateCaptionsArguments, data=None, model=None, to
     os.makedirs(args.output_dir, exist_ok=True)
     write_predictions(args.output_dir, split, result.predictions, result.control_predictions, args.references)
     result.write(os.path.join(args.output_dir, "metrics"))
-    _write_text(os.path.join(args.output_dir, "evaluate_captions_config.json"),
-                json.dumps(asdict(args), indent=2, default=str) + "\n")
+    atomic_write_json(os.path.join(args.output_dir, "evaluate_captions_config.json"), asdict(args), default=str)
     return result

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core import atomic_write_json, loading_config_field, resolve_pretrained, versions
+from ..core import atomic_write_json, loading_config_field, publish_folder, resolve_pretrained, versions
 from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
+from ..data import data_contract
 from ..data.layout import subject_list
 from ..data.rows import first_rows_per_subject
 from ..evaluation import evaluate_with_control
@@ -87,9 +88,13 @@ class CEScriptArguments:
         "max_caption_tokens", "Caption tokens per target, eos included (CLIP's context), and the decoding length.")
 
     # -- caption evaluation ----------------------------------------------------------------------------------------
-    eval_split: str = field(default="test", metadata={
-        "help": "Split decoded at each evaluation (eval_strategy) and after training ('' for none)."})
-    eval_max_rows: int | None = field(default=None, metadata={"help": "Decode only the first N rows of each subject of eval_split."})
+    eval_split: str = field(default="validation", metadata={
+        "help": "Split decoded at each evaluation during training (eval_strategy; metric_for_best_model reads it). "
+                "Never 'test': the test split is read only by the final evaluation."})
+    final_eval_split: str = field(default="test", metadata={
+        "help": "Split decoded and scored once after training, beside the shuffled-brain control ('' for none)."})
+    eval_max_rows: int | None = field(default=None, metadata={
+        "help": "Decode only the first N rows of each subject of eval_split and final_eval_split."})
     eval_references: str | None = field(default=None, metadata={
         "help": "References of the caption metrics (default: caption_column)."})
     caption_eval_metrics: list[str] = field(default_factory=lambda: list(DEFAULT_EVAL_METRICS), metadata={
@@ -101,6 +106,9 @@ class CEScriptArguments:
     control_seed: int = field(default=0, metadata={"help": "Seed of the shuffled-brain control's permutation."})
 
     def __post_init__(self):
+        if self.eval_split == "test":
+            raise ValueError("eval_split='test': the test split is read only by the final evaluation "
+                             "(final_eval_split); monitor training and choose checkpoints on 'validation'")
         if isinstance(self.gpt2_config, str):
             self.gpt2_config = json.loads(self.gpt2_config) if self.gpt2_config.strip() else None
         if self.gpt2_config is not None and not isinstance(self.gpt2_config, dict):
@@ -143,9 +151,9 @@ def load_ce_data(args: CEScriptArguments):
     return load_nsd(args.nsd_root, subjects=args.subjects, cache_dir=args.cache_dir, **options)
 
 
-def prepare_ce_data(args: CEScriptArguments, data) -> tuple[Any, Any]:
-    """(train, eval) datasets from a ``DatasetDict``, cut to ``max_train_rows``/``eval_max_rows`` rows of each
-    subject, and checked:
+def prepare_ce_data(args: CEScriptArguments, data, monitor: bool = True) -> tuple[Any, Any, Any]:
+    """(train, monitoring, final) datasets from a ``DatasetDict``, cut to ``max_train_rows``/``eval_max_rows`` rows
+    of each subject, and checked (``monitor=False``: no monitoring split is needed):
 
     * every subject of ``args.subjects`` has training rows (and eval rows), and no other subject is present;
     * every training row has a target in ``caption_column`` (fine captions asked for but absent, or rows with empty
@@ -154,13 +162,16 @@ def prepare_ce_data(args: CEScriptArguments, data) -> tuple[Any, Any]:
     if "train" not in data:
         raise ValueError(f"the data has no 'train' split (splits: {list(data)})")
     train = first_rows_per_subject(data["train"], args.max_train_rows)
-    evaluation = None
-    if args.eval_split:
-        if args.eval_split not in data:
-            raise ValueError(f"eval_split={args.eval_split!r} is not a split of the data (splits: {list(data)}); "
-                             "set eval_split='' to train without evaluation")
-        evaluation = first_rows_per_subject(data[args.eval_split], args.eval_max_rows)
-    for name, split in (("train", train), (args.eval_split, evaluation)):
+
+    def split(name, option):
+        if name not in data:
+            raise ValueError(f"{option}={name!r} is not a split of the data (splits: {list(data)}); set "
+                             f"{option}='' for none")
+        return first_rows_per_subject(data[name], args.eval_max_rows)
+
+    evaluation = split(args.eval_split, "eval_split") if args.eval_split and monitor else None
+    final = split(args.final_eval_split, "final_eval_split") if args.final_eval_split else None
+    for name, split in (("train", train), (args.eval_split, evaluation), (args.final_eval_split, final)):
         if split is None:
             continue
         present = sorted(set(split["subject"]))
@@ -172,9 +183,10 @@ def prepare_ce_data(args: CEScriptArguments, data) -> tuple[Any, Any]:
         if extra:
             raise ValueError(f"the {name!r} split holds rows of subject(s) {extra} not listed in subjects={args.subjects}")
     check_captions(train, args.caption_column, "train split")
-    if evaluation is not None:
-        check_captions(evaluation, args.eval_references, f"{args.eval_split} split")
-    return train, evaluation
+    for name, rows in ((args.eval_split, evaluation), (args.final_eval_split, final)):
+        if rows is not None:
+            check_captions(rows, args.eval_references, f"{name} split")
+    return train, evaluation, final
 
 
 def voxel_counts_of(dataset, subjects: list[str]) -> dict[str, int]:
@@ -295,7 +307,8 @@ def _resume_value(value):
 def run_ce(script_args: CEScriptArguments, training_args, data=None, callbacks=None) -> dict:
     """Train stage 1 and save ``<output_dir>/final``; returns a summary (also ``<output_dir>/result.json``).
 
-    ``data``: a ``DatasetDict`` (train + the eval split) instead of reading ``script_args.nsd_root``.
+    ``data``: a ``DatasetDict`` (train, and the monitoring and final splits) instead of reading
+    ``script_args.nsd_root``; built by ``load_nsd``, its data contract is saved with the model.
     ``callbacks``: extra ``TrainerCallback``s.
     """
     from transformers import set_seed
@@ -307,9 +320,11 @@ def run_ce(script_args: CEScriptArguments, training_args, data=None, callbacks=N
     if data is None:
         with training_args.main_process_first(desc="NSD data"):  # one process simulates/builds, the others read
             data = load_ce_data(script_args)
-    train, evaluation = prepare_ce_data(script_args, data)
-    if training_args.eval_strategy != "no" and evaluation is None:
+    monitor = training_args.eval_strategy != "no"
+    train, evaluation, final_split = prepare_ce_data(script_args, data, monitor=monitor)
+    if monitor and evaluation is None:
         raise ValueError(f"eval_strategy={training_args.eval_strategy!r} needs an eval_split")
+    contract = data_contract(train).for_subjects(script_args.subjects)
     voxel_counts = voxel_counts_of(train, script_args.subjects)
     set_seed(training_args.seed)
     captions = [c for cs in train[script_args.caption_column] for c in cs]
@@ -340,6 +355,8 @@ def run_ce(script_args: CEScriptArguments, training_args, data=None, callbacks=N
 
     output_dir = training_args.output_dir
     final = os.path.join(output_dir, FINAL_DIR)
+    # Not core.scratch_folder's random name: every process must compute the same folder (save_model gathers the
+    # weights on all of them under FSDP/DeepSpeed); publish_folder swaps it in below.
     tmp = final + ".tmp"
     if trainer.is_world_process_zero() and os.path.exists(tmp):
         shutil.rmtree(tmp)
@@ -353,11 +370,10 @@ def run_ce(script_args: CEScriptArguments, training_args, data=None, callbacks=N
     }
     if trainer.is_world_process_zero():
         _write_json(os.path.join(tmp, CONFIG_NAME), config)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if evaluation is not None:
-            result["eval"] = final_evaluation(trainer.accelerator.unwrap_model(trainer.model), tokenizer, evaluation,
+        contract.save(tmp)  # the data this model was trained on: downstream steps read their settings from it
+        publish_folder(tmp, final)
+        if final_split is not None:
+            result["eval"] = final_evaluation(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final_split,
                                               script_args, output_dir)
         result["seconds"]["total"] = time.perf_counter() - start
         _write_json(os.path.join(output_dir, "result.json"), result)
@@ -376,7 +392,7 @@ def final_evaluation(model, tokenizer, dataset, script_args: CEScriptArguments, 
                                    seed=script_args.control_seed, per_subject=len(script_args.subjects) > 1,
                                    progress=False, num_beams=script_args.eval_num_beams,
                                    max_new_tokens=script_args.max_caption_tokens)
-    prefix = f"eval_{script_args.eval_split}"
+    prefix = f"eval_{script_args.final_eval_split}"
     result.write(os.path.join(output_dir, prefix))
     write_predictions(output_dir, dataset, result.predictions, result.control_predictions,
                       script_args.eval_references, prefix=prefix + "_")

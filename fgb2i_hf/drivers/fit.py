@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..core import TINY_RANDOM, atomic_write_json, atomic_write_text, loading_config_field, versions
+from ..data import data_contract
 from ..data.layout import subject_list
 from ..decoders.ridge import RidgeDecoder
 from ..decoders.targets import extract_targets
@@ -77,6 +78,9 @@ class FitDecodersConfig:
         "help": "Average train repetitions (default: the base's: no for ldm as Takagi, yes for brain_diffuser)."})
     max_train_rows: int | None = field(default=None, metadata={"help": "Fit on the first N train rows (quick runs)."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache for the NSD build (default HF's)."})
+    score_split: str = field(default="validation", metadata={
+        "help": "Held-out split the decoders are scored on (metrics.json); the test split is left to the final "
+                "evaluation of the reconstructions."})
 
     def __post_init__(self):
         for name in ("alphas", "target_models"):
@@ -84,6 +88,9 @@ class FitDecodersConfig:
             if isinstance(value, str):
                 setattr(self, name, json.loads(value) if value.strip() else None)
         self.subjects = subject_list(self.subjects)  # checked before any data is built
+        if self.score_split == "test":
+            raise ValueError("score_split='test': the test split is read only by the final evaluation; score the "
+                             "decoders on 'validation'")
 
     @property
     def spec(self) -> BaseSpec:
@@ -104,10 +111,42 @@ class FitDecodersConfig:
         if source == "backbone":
             return self.model_name_or_path or spec.target_sources[source].default_model or spec.backbone.default_model
         name = (self.target_models or {}).get(source) or spec.target_sources[source].default_model
+        if name is None and self.model_name_or_path == TINY_RANDOM:
+            name = TINY_RANDOM  # a mechanics run: every source random and tiny
         if name is None:
             raise ValueError(f"the {self.base} base's {source!r} targets need their models: set target_models: "
                              f"{{{source}: <name or folder>}}")
         return name
+
+
+CONFIG_NAME = "fit_decoders.yaml"
+
+
+def saved_source_folder(output_dir: str, source: str) -> str:
+    """Where ``fit_decoders`` saves the tiny random models of a target source (so a pipeline can load them)."""
+    return os.path.join(output_dir, "target_models" if source == "backbone" else f"target_models_{source}")
+
+
+def recorded_target_models(decoders_dir: str) -> dict[str, str]:
+    """``{source: model}`` the decoders in ``decoders_dir`` were fitted with (read from its ``fit_decoders.yaml``;
+    tiny random models as the folder they were saved to): what a pipeline must encode and decode with."""
+    import yaml
+
+    path = os.path.join(decoders_dir, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no record of the decoders' fit (run recipes/fit_decoders.py)")
+    with open(path, encoding="utf-8") as f:
+        record = yaml.safe_load(f)
+    record.pop("_versions", None)
+    config = FitDecodersConfig(**{k: v for k, v in record.items() if k in FitDecodersConfig.__dataclass_fields__})
+    models = {}
+    for source in config.spec.target_sources:
+        try:
+            name = config.source_model(source)
+        except ValueError:  # a source this fit did not use
+            continue
+        models[source] = saved_source_folder(decoders_dir, source) if name == TINY_RANDOM else name
+    return models
 
 
 def load_extractor(config: FitDecodersConfig, source: str = "backbone"):
@@ -169,8 +208,9 @@ def _load_dataset(config: FitDecodersConfig):
 def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress: bool = True) -> dict:
     """Extract targets, fit, score and save every (subject, target) decoder. Returns the metrics.
 
-    ``dataset`` (a ``DatasetDict`` with NSD rows) and ``stimuli`` (``get(ids) -> uint8 images``) default to
-    ``load_nsd(config.nsd_root, ...)`` and ``NSDStimuli(config.nsd_root)``.
+    ``dataset`` (a ``DatasetDict`` with NSD rows and their data contract, as ``load_nsd`` returns them) and
+    ``stimuli`` (``get(ids) -> uint8 images``) default to ``load_nsd(config.nsd_root, ...)`` and
+    ``NSDStimuli(config.nsd_root)``. The rows' data contract is saved beside the decoders.
     """
     spec = config.spec
     if not spec.targets:
@@ -185,7 +225,9 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
     os.makedirs(config.output_dir, exist_ok=True)
     _save_config(config)
 
-    rows = {split: _subject_rows(dataset[split], config.subjects, split) for split in ("train", "test")}
+    contract = data_contract(dataset).for_subjects(config.subjects)
+    held_out = config.score_split
+    rows = {split: _subject_rows(dataset[split], config.subjects, split) for split in ("train", held_out)}
     if config.max_train_rows is not None:
         rows["train"] = {s: r.select(range(min(len(r), config.max_train_rows))) for s, r in rows["train"].items()}
     image_ids, captions = _images_and_captions(rows, config.caption_column)
@@ -194,8 +236,7 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
     for source in dict.fromkeys(spec.target(name).source for name in targets):
         extractor = load_extractor(config, source)
         if extractor.name_or_path == TINY_RANDOM:
-            folder = "target_models" if source == "backbone" else f"target_models_{source}"
-            extractor.save_pretrained(os.path.join(config.output_dir, folder))
+            extractor.save_pretrained(saved_source_folder(config.output_dir, source))
         for name in (n for n in targets if spec.target(n).source == source):
             cache[name] = extract_targets(
                 extractor, name, os.path.join(config.output_dir, "targets", f"{name}.npy"), ids=image_ids,
@@ -205,7 +246,7 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
 
     metrics = {}
     for subject in config.subjects:
-        betas = {split: betas_matrix(rows[split][subject]) for split in ("train", "test")}
+        betas = {split: betas_matrix(rows[split][subject]) for split in ("train", held_out)}
         index = {split: np.searchsorted(image_ids, np.asarray(rows[split][subject]["nsd_id"])) for split in betas}
         for name in targets:
             decoder = RidgeDecoder(num_voxels=betas["train"].shape[1], target_shape=cache[name].shape[1:],
@@ -213,16 +254,17 @@ def fit_decoders(config: FitDecodersConfig, dataset=None, stimuli=None, progress
                                    alpha_per_target=config.alpha_per_target, center_targets=config.center_targets,
                                    subject=subject, target_name=name)
             decoder.fit(betas["train"], cache[name][index["train"]], device=config.device, progress=progress)
-            truth = cache[name][index["test"]]
+            truth = cache[name][index[held_out]]
             scores = {"fit": decoder.config.fit_summary,
-                      "test": score_predictions(decoder.predict(betas["test"]).cpu().numpy(), truth)}
+                      held_out: score_predictions(decoder.predict(betas[held_out]).cpu().numpy(), truth)}
             if len(truth) > 1:
-                scores["test_rescaled"] = score_predictions(
-                    decoder.predict(betas["test"], rescale=True).cpu().numpy(), truth)
+                scores[f"{held_out}_rescaled"] = score_predictions(
+                    decoder.predict(betas[held_out], rescale=True).cpu().numpy(), truth)
             decoder.save_pretrained(os.path.join(config.output_dir, subject, name))
             metrics.setdefault(subject, {})[name] = scores
             del decoder
     _write_json(os.path.join(config.output_dir, "metrics.json"), metrics)
+    contract.save(config.output_dir)  # written last: a folder with a contract holds a finished fit
     return metrics
 
 
@@ -253,7 +295,7 @@ def _save_config(config: FitDecodersConfig):
     import yaml
 
     record = dataclasses.asdict(config) | {"_versions": versions()}
-    atomic_write_text(os.path.join(config.output_dir, "fit_decoders.yaml"), yaml.safe_dump(record, sort_keys=False))
+    atomic_write_text(os.path.join(config.output_dir, CONFIG_NAME), yaml.safe_dump(record, sort_keys=False))
 
 
 def _write_json(path, value):

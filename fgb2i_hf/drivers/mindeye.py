@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core import atomic_write_json
+from ..data import data_contract
 from ..models.mindeye import MindEyeConfig, MindEyeModel
 from ..models.mindeye.retrieval import RETRIEVAL_BATCH, RETRIEVAL_LOOPS, retrieval_accuracy
 from ..training.mindeye_trainer import MindEyeTrainData, MindEyeTrainer, MindEyeTrainingConfig, run_exists
@@ -289,11 +291,7 @@ def _row_corr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # -- the run ----------------------------------------------------------------------------------------------------
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=str)
 
 
 def run_mindeye(config: MindEyeRunConfig, data=None, stimuli=None, progress: bool = True) -> dict:
@@ -340,6 +338,8 @@ def run_mindeye(config: MindEyeRunConfig, data=None, stimuli=None, progress: boo
                      "average_train": config.average_train, "zscore": "train (load_nsd default)",
                      "train_rows": int(len(betas)), "targets": target_settings}
     final = trainer.save_model(extra_config={"run": asdict(config), "data": data_settings})
+    if accelerator.is_main_process:  # the data this model was trained on: downstream steps read it
+        data_contract(data["train"]).for_subjects(config.subjects).save(final)
     result = {"final_model": final, "global_step": trainer.global_step, "processes": accelerator.num_processes,
               "seconds": {"setup": prepared - start, "train": trained - prepared}}
     if config.eval_split and accelerator.is_main_process:

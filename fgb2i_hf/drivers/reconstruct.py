@@ -4,6 +4,8 @@ For every image of the split (one subject; each nsd_id once) it writes, under ``
 
 * ``fgb2i/<nsd_id>.png`` — the FgB2I reconstruction at weight ``w`` (extra samples ``<nsd_id>_<k>.png``);
 * ``base/<nsd_id>.png`` — the base method (``w = 0``) from the same noise, when ``run_base``;
+* ``low_level/<nsd_id>.png`` — the low-level image the img2img started from (Brain-Diffuser's VDVAE decode,
+  MindEye's blurry image), when the base has one;
 * ``captions.jsonl`` — ``{"nsd_id", "caption"}``, the decoded captions;
 * ``grid.png`` — GT | base | FgB2I for the first ``grid_rows`` images, captions under GT and FgB2I;
 * ``reconstruct.yaml`` — this run's settings and package versions.
@@ -18,14 +20,17 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import append_jsonl, atomic_write_text, save_png_atomic, versions
+from ..core import TINY_RANDOM, append_jsonl, atomic_write_text, betas_tensor, resolve_pretrained, save_png_atomic, versions
+from ..data import data_contract, load_nsd
+from ..data.contract import SHARED_FIELDS, ContractError, DataContract
 from ..pipelines import build_pipeline, get_base
+from .fit import recorded_target_models
 
 
 @dataclass
@@ -56,7 +61,11 @@ class ReconstructConfig:
         "help": "Brain-Diffuser's post-hoc rescaling of the ridge predictions over the whole split "
                 "(default: yes for brain_diffuser, no for ldm)."})
     low_level_dir: str | None = field(default=None, metadata={
-        "help": "Brain-Diffuser: folder of low-level reconstructions <nsd_id>.png (e.g. VDVAE) to start from."})
+        "help": "Folder of low-level images <nsd_id>.png to start from instead of the base's own low-level stage."})
+    components: dict | None = field(default=None, metadata={
+        "help": "The base's own trained models, {name: folder, Hub id or 'tiny-random'} (JSON on the CLI): MindEye's "
+                "mindeye_model; Brain-Diffuser's vdvae (default: the VDVAE its decoders were fitted with)."})
+    best_of_n: int = field(default=1, metadata={"help": "MindEye's best-of-N (its paper: 16; 1 = off)."})
     mindeye_inputs: str | None = field(default=None, metadata={
         "help": "MindEye: .safetensors/.pt with nsd_ids, clip_image_embeds, blurry_images (MindEyeInputs)."})
     w: float = field(default=0.5, metadata={"help": "Fusion weight: 0 = the base method, 1 = text alone."})
@@ -76,8 +85,23 @@ class ReconstructConfig:
                                                     "choices": ["float32", "float16", "bfloat16"]})
     device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
     grid_rows: int = field(default=8, metadata={"help": "Rows of grid.png."})
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache of the NSD builds (default HF's)."})
     caption_column: str = field(default="fine_captions", metadata={
         "help": "Column whose first entry is printed under GT in the grid (falls back to captions)."})
+
+    def __post_init__(self):
+        if isinstance(self.components, str):
+            self.components = json.loads(self.components) if self.components.strip() else None
+        if isinstance(self.best_of_n, bool) or not isinstance(self.best_of_n, int) or self.best_of_n < 1:
+            raise ValueError(f"best_of_n must be a positive int (1 = off), got {self.best_of_n!r}")
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """Float (N, 3, H, W) in [0, 1] -> PIL images."""
+    import PIL.Image
+
+    arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return [PIL.Image.fromarray(a) for a in arrays]
 
 
 def image_generator(seed: int, nsd_id: int, sample: int = 0) -> torch.Generator:
@@ -106,12 +130,64 @@ def load_images(directory: str, nsd_ids, name: str = "image") -> np.ndarray:
     return np.stack(arrays)
 
 
+def upstream_contracts(config: ReconstructConfig) -> dict[str, DataContract]:
+    """``{role: contract}`` of the artifacts this run reads: the brain model (``"captions"``) and the base's own
+    models (``"base"``: its decoders, or its trained components such as MindEye's model), each from the
+    ``data_contract.json`` beside it. They must agree on every shared field (the test split, sessions, voxels,
+    z-scoring, validation rule); ``ContractError`` names the two artifacts otherwise."""
+    found = {}
+    if isinstance(config.brain_model, str) and config.brain_model != TINY_RANDOM:
+        contract = DataContract.find(resolve_pretrained(config.brain_model))
+        if contract is not None:
+            found[f"the brain model {config.brain_model}"] = ("captions", contract)
+    base_sources = [(f"the {config.base} decoders {config.decoders_dir}", config.decoders_dir)]
+    base_sources += [(f"the {config.base} component {name}={path}", path)
+                     for name, path in (config.components or {}).items() if isinstance(path, str)]
+    for label, path in base_sources:
+        contract = DataContract.find(resolve_pretrained(path)) if path and path != TINY_RANDOM else None
+        if contract is not None:
+            found[label] = ("base", contract)
+    labels = list(found)
+    for label in labels[1:]:
+        found[labels[0]][1].check_compatible(found[label][1], labels[0], label, subjects=[config.subject])
+    base = [c for role, c in found.values() if role == "base"]
+    for other in base[1:]:  # one base's own models were all fitted on rows normalised the same way
+        base[0].check_compatible(other, f"the {config.base} base's models", "another of them",
+                                 fields=("average_train", "stats"), subjects=[config.subject])
+    out = {role: contract for role, contract in found.values()}
+    for role, contract in out.items():
+        if config.subject not in contract.subjects:
+            raise ContractError(f"subject {config.subject} is not among the subjects {list(contract.subjects)} of the "
+                                f"{role} artifacts")
+    return out
+
+
+def rows_under(config: ReconstructConfig, contract: DataContract | None, dataset=None):
+    """The split's rows of the subject built the way ``contract``'s artifact was trained (``dataset`` when it
+    already is; the load_nsd defaults without a contract)."""
+    if dataset is not None:
+        if contract is None:
+            return dataset
+        try:
+            mine = data_contract(dataset)
+        except ValueError:
+            mine = None
+        if mine is not None and not contract.differences(mine, SHARED_FIELDS + ("average_train", "stats"),
+                                                          subjects=[config.subject]):
+            return dataset
+    options = contract.nsd_options() if contract is not None else {}
+    data = load_nsd(config.nsd_root, subjects=[config.subject], cache_dir=config.cache_dir, **options)
+    if contract is not None:
+        data.data_contract.check_compatible(contract.for_subjects([config.subject]),
+                                            f"the NSD rows of {config.nsd_root}", "the artifact that needs them",
+                                            fields=SHARED_FIELDS + ("average_train", "stats"))
+    return data[config.split]
+
+
 def split_rows(config: ReconstructConfig, dataset=None):
     """The split's rows of the subject, each nsd_id once (the first row), at most ``max_samples``."""
     if dataset is None:
-        from ..data import load_nsd
-
-        dataset = load_nsd(config.nsd_root, subjects=[config.subject])[config.split]
+        dataset = load_nsd(config.nsd_root, subjects=[config.subject], cache_dir=config.cache_dir)[config.split]
     subjects = dataset["subject"]
     ids = dataset["nsd_id"]
     seen, rows = set(), []
@@ -140,14 +216,34 @@ def _decoders(config: ReconstructConfig) -> dict:
     return found
 
 
+def recorded_models(config: ReconstructConfig) -> tuple[str | None, dict]:
+    """``(encoders_from, components)``: the configured ones, completed from what the decoders were fitted with
+    (``<decoders_dir>/fit_decoders.yaml``): the saved tiny target models as encoders, and each component the base
+    takes from a target source (Brain-Diffuser's VDVAE)."""
+    components = dict(config.components or {})
+    encoders_from = config.encoders_from
+    if config.decoders_dir is None:
+        return encoders_from, components
+    recorded = recorded_target_models(config.decoders_dir)
+    for name, component in get_base(config.base).components.items():
+        if name not in components and component.source in recorded:
+            components[name] = recorded[component.source]
+    backbone = recorded.get("backbone")
+    if encoders_from is None and backbone and os.path.isdir(backbone) and backbone.startswith(config.decoders_dir):
+        encoders_from = backbone  # the saved tiny random target models
+    return encoders_from, components
+
+
 def pipeline_for(config: ReconstructConfig, num_voxels: int | None = None):
-    """The configured pipeline; ``num_voxels`` (the subject's) sizes a ``brain_model: tiny-random``."""
+    """The configured pipeline; ``num_voxels`` (the subject's) sizes ``tiny-random`` brain and MindEye models."""
     dtype = getattr(torch, config.dtype)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     voxel_counts = {config.subject: num_voxels} if num_voxels else None
+    encoders_from, components = recorded_models(config)
     return build_pipeline(config.base, config.diffusion_model, brain_model=config.brain_model,
-                          decoders=_decoders(config), scheduler=config.scheduler, encoders_from=config.encoders_from,
-                          dtype=dtype, device=device, seed=config.seed, voxel_counts=voxel_counts)
+                          decoders=_decoders(config), scheduler=config.scheduler, encoders_from=encoders_from,
+                          dtype=dtype, device=device, seed=config.seed, voxel_counts=voxel_counts,
+                          components=components)
 
 
 def _base_features(pipe, config: ReconstructConfig, betas: torch.Tensor) -> dict:
@@ -194,15 +290,27 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
     from ..pipelines.mindeye_inputs import MindEyeInputs
 
     spec = get_base(config.base)
-    rows = split_rows(config, dataset)
-    betas = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) for b in rows.with_format("numpy")["betas"]]))
+    contracts = upstream_contracts(config)
+    caption_contract = contracts.get("captions", contracts.get("base"))
+    base_contract = contracts.get("base", caption_contract)
+    rows = split_rows(config, rows_under(config, caption_contract, dataset))
+    betas = betas_tensor(rows.with_format("numpy", columns=["betas"])[:]["betas"])
+    base_betas = None  # the base's models get rows normalised as they were fit (e.g. averaged-row statistics)
+    if base_contract is not caption_contract and base_contract.differences(
+            caption_contract, ("average_train", "stats"), subjects=[config.subject]):
+        base_rows = split_rows(replace(config, max_samples=None), rows_under(config, base_contract, dataset))
+        position = {int(i): k for k, i in enumerate(base_rows["nsd_id"])}
+        order = [position[int(i)] for i in rows["nsd_id"]]
+        base_betas = betas_tensor(base_rows.select(order).with_format("numpy", columns=["betas"])[:]["betas"])
     pipe = pipe if pipe is not None else pipeline_for(config, betas.shape[1])
     pipe.set_progress_bar_config(disable=True)
     for folder in ("fgb2i", "base") if config.run_base else ("fgb2i",):
         os.makedirs(os.path.join(config.output_dir, folder), exist_ok=True)
     _write_settings(config)
+    if caption_contract is not None:  # the data these reconstructions were made from (the shared fields agree)
+        caption_contract.for_subjects([config.subject]).save(config.output_dir)
     nsd_ids = [int(i) for i in rows["nsd_id"]]
-    features = _base_features(pipe, config, betas)
+    features = _base_features(pipe, config, betas if base_betas is None else base_betas)
     mindeye = (MindEyeInputs.from_file(config.mindeye_inputs, embed_shape=None)
                if config.mindeye_inputs is not None else None)
     accepted = inspect.signature(pipe.__call__).parameters
@@ -218,6 +326,8 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
         generation["max_new_tokens"] = config.max_new_tokens
     call = dict(num_images_per_prompt=config.num_images_per_prompt, output_type="pil",
                 caption_generation_kwargs=generation)
+    if config.best_of_n != 1:
+        call["best_of_n"] = config.best_of_n
     for key in ("num_inference_steps", "guidance_scale", "strength"):
         if getattr(config, key) is not None:
             call[key] = getattr(config, key)
@@ -239,12 +349,18 @@ def reconstruct(config: ReconstructConfig, dataset=None, stimuli=None, pipe=None
 
         runs = [("fgb2i", config.w)] + ([("base", 0.0)] if config.run_base else [])
         for folder, w in runs:
+            if base_betas is not None:
+                inputs["base_betas"] = base_betas[index]
             out = pipe(betas[index], config.subject, w=w, fusion=config.fusion, generator=generators(), **inputs,
                        **call)
             for j, image in enumerate(out.images):
                 i, s = ids[j // config.num_images_per_prompt], j % config.num_images_per_prompt
                 name = f"{i}.png" if s == 0 else f"{i}_{s}.png"
                 save_png(image, os.path.join(config.output_dir, folder, name))
+            if folder == "fgb2i" and getattr(out, "init_images", None) is not None:  # the base's low-level images
+                os.makedirs(os.path.join(config.output_dir, "low_level"), exist_ok=True)
+                for i, image in zip(ids, to_pil(out.init_images)):
+                    save_png(image, os.path.join(config.output_dir, "low_level", f"{i}.png"))
             if folder == "fgb2i" and out.captions is not None:
                 append_jsonl(captions_path, [{"nsd_id": i, "caption": c} for i, c in zip(ids, out.captions)])
                 captions.update(zip(ids, out.captions))

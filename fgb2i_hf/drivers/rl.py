@@ -13,7 +13,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..core import loading_config_field
+from ..core import atomic_write_json, loading_config_field
+from ..data.contract import SHARED_FIELDS, ContractError, DataContract
 from ..data.collate import CAPTION_COLUMNS
 from ..data.layout import subject_list
 from ..rewards import RewardResources
@@ -25,7 +26,9 @@ class RLScriptArguments:
     nsd_root: str = field(default=None, metadata={"help": "NSD (or SimNSD) root in the raw layout."})
     subjects: list[str] = field(default_factory=lambda: ["subj01", "subj02", "subj05", "subj07"],
                                 metadata={"help": "Subjects to train on (one model for all)."})
-    sessions: int | None = field(default=None, metadata={"help": "Use the first N sessions (37: 982 test images)."})
+    sessions: int | None = field(default=None, metadata={
+        "help": "Use the first N sessions. Default: the stage-1 model's (its data_contract.json); a value that "
+                "disagrees with it is refused."})
     fine_captions: str | None = field(default=None, metadata={"help": "Fine-captions JSONL (default: the builder's)."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
     max_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
@@ -75,6 +78,18 @@ def reward_resources(script_args: RLScriptArguments) -> RewardResources:
                            renderer=renderer)
 
 
+def data_options(script_args: RLScriptArguments, upstream: DataContract | None) -> dict:
+    """``load_nsd`` options: the stage-1 model's data settings; a conflicting ``sessions`` is refused."""
+    options = {"fine_captions": script_args.fine_captions} if script_args.fine_captions is not None else {}
+    if upstream is None:
+        return options | ({"sessions": script_args.sessions} if script_args.sessions is not None else {})
+    if script_args.sessions is not None and script_args.sessions != upstream.sessions:
+        raise ContractError(f"sessions={script_args.sessions} (stage 2's config) but the stage-1 model "
+                            f"{script_args.model_name_or_path} was trained on {upstream.sessions} sessions; leave "
+                            "sessions unset to use the model's")
+    return options | upstream.nsd_options()
+
+
 def run_rl(script_args: RLScriptArguments, config) -> dict:
     """Stage 2 from a stage-1 checkpoint: train, save ``<output_dir>/final``, score the eval split."""
     from accelerate.utils import gather_object
@@ -88,9 +103,13 @@ def run_rl(script_args: RLScriptArguments, config) -> dict:
 
     if not script_args.model_name_or_path or not script_args.nsd_root:
         raise ValueError("model_name_or_path and nsd_root are required")
-    options = {k: v for k, v in dict(sessions=script_args.sessions, fine_captions=script_args.fine_captions).items()
-               if v is not None}
-    data = load_nsd(script_args.nsd_root, subjects=script_args.subjects, cache_dir=script_args.cache_dir, **options)
+    upstream = DataContract.find(script_args.model_name_or_path)
+    data = load_nsd(script_args.nsd_root, subjects=script_args.subjects, cache_dir=script_args.cache_dir,
+                    **data_options(script_args, upstream))
+    if upstream is not None:  # the rows rebuilt under the model's contract must be the rows it was trained on
+        data.data_contract.check_compatible(upstream.for_subjects(script_args.subjects), f"the NSD rows of {script_args.nsd_root}",
+                                            f"the stage-1 model {script_args.model_name_or_path}",
+                                            fields=SHARED_FIELDS + ("average_train", "stats"))
     train = data["train"]
     if script_args.max_train_rows:
         train = train.select(range(min(script_args.max_train_rows, len(train))))
@@ -106,6 +125,8 @@ def run_rl(script_args: RLScriptArguments, config) -> dict:
     trainer = ReinforceTrainer(model, tokenizer, config, train, reward_context=resources)
     trainer.train()
     final = trainer.save_model()
+    if trainer.accelerator.is_main_process:
+        data.data_contract.for_subjects(script_args.subjects).save(final)
 
     acc = trainer.accelerator
     unwrapped = acc.unwrap_model(trainer.model)
@@ -122,7 +143,6 @@ def run_rl(script_args: RLScriptArguments, config) -> dict:
         result["eval"] = caption_report(predictions, split, script_args.eval_references, rewards=rewards)
         write_table({"CE + RL": result["eval"]}, os.path.join(config.output_dir, f"eval_{script_args.eval_split}"))
     if acc.is_main_process:
-        with open(os.path.join(config.output_dir, "result.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(os.path.join(config.output_dir, "result.json"), result)
         print(json.dumps(result, indent=2))
     return result

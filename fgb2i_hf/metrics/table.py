@@ -15,11 +15,10 @@ are printed as percentages, as in MindEye's tables (values stay fractions in the
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from typing import Iterable, Mapping
 
+from ..core import atomic_write_json, atomic_write_text
 from .reconstruction import FEATURE_COLUMNS, LOWER_IS_BETTER
 
 PERCENT_COLUMNS = frozenset(c for c, (_, _, score) in FEATURE_COLUMNS.items() if score == "two_way")
@@ -80,13 +79,8 @@ def table_json(rows: Mapping[str, Mapping[str, float]], baseline: str | None = N
 
 
 def write_table(rows: Mapping[str, Mapping[str, float]], path_stem: str, baseline: str | None = None, **kwargs) -> tuple[str, str]:
-    """Write ``<path_stem>.md`` and ``<path_stem>.json`` (each via a temporary file and a rename); return both paths."""
+    """Write ``<path_stem>.md`` and ``<path_stem>.json`` (each atomically); return both paths."""
     paths = (path_stem + ".md", path_stem + ".json")
-    contents = (format_table(rows, baseline, **kwargs) + "\n", json.dumps(table_json(rows, baseline), indent=2) + "\n")
-    for path, text in zip(paths, contents):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+    atomic_write_text(paths[0], format_table(rows, baseline, **kwargs) + "\n")
+    atomic_write_json(paths[1], table_json(rows, baseline))
     return paths

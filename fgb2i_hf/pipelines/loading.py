@@ -132,7 +132,7 @@ def build_pipeline(base: str | BaseSpec, diffusion_model: str | None = None, *, 
                    caption_tokenizer=None, decoders: dict | None = None, scheduler: str | None = None,
                    encoders_from: str | None = None, dtype: torch.dtype = torch.float32,
                    device: str | torch.device | None = None, seed: int = 0,
-                   voxel_counts: dict[str, int] | None = None):
+                   voxel_counts: dict[str, int] | None = None, components: dict | None = None):
     """The FgB2I pipeline of a base (a registered name such as ``"ldm"``, ``"brain_diffuser"``, ``"mindeye"``, or
     a :class:`~fgb2i_hf.pipelines.bases.BaseSpec`).
 
@@ -143,14 +143,16 @@ def build_pipeline(base: str | BaseSpec, diffusion_model: str | None = None, *, 
         decoders: ``{component: RidgeDecoder or path}`` among the base's decoder components (LDM ``z_decoder``/
             ``c_decoder``, Brain-Diffuser ``clip_text_decoder``/``clip_vision_decoder``, MindEye none).
         scheduler: default: the base's (Takagi/Brain-Diffuser DDIM, MindEye UniPC).
+        components: ``{name: model, path or "tiny-random"}`` of the base's own models (its spec's ``components``:
+            MindEye's ``mindeye_model``, Brain-Diffuser's ``vdvae``).
     """
     from .pipeline_fgb2i import pipeline_class
 
     spec = base if isinstance(base, BaseSpec) else get_base(base)
     diffusion_model = diffusion_model or spec.backbone.default_model
     with loading_config_field("diffusion_model", diffusion_model):
-        components = load_backbone(diffusion_model, spec.backbone, scheduler=scheduler or spec.scheduler,
-                                   encoders_from=encoders_from, dtype=dtype, seed=seed)
+        backbone = load_backbone(diffusion_model, spec.backbone, scheduler=scheduler or spec.scheduler,
+                                 encoders_from=encoders_from, dtype=dtype, seed=seed)
     brain_model, caption_tokenizer = load_brain_model(brain_model, caption_tokenizer, dtype=dtype, seed=seed,
                                                       voxel_counts=voxel_counts)
     loaded = {}
@@ -163,8 +165,18 @@ def build_pipeline(base: str | BaseSpec, diffusion_model: str | None = None, *, 
 
             decoder = RidgeDecoder.from_pretrained(resolve_pretrained(str(decoder)))
         loaded[name] = decoder
+    for name, model in (components or {}).items():
+        if name not in spec.components:
+            raise ValueError(f"the {spec.name} base has components {list(spec.components) or '(none)'}, not {name!r}")
+        if isinstance(model, (str, os.PathLike)):
+            with loading_config_field(f"components.{name}", model):
+                model = spec.components[name].build(resolve_pretrained(str(model)), seed=seed,
+                                                    voxel_counts=voxel_counts, backbone=backbone)
+        if isinstance(model, torch.nn.Module) and dtype != torch.float32:
+            model = model.to(dtype)
+        loaded[name] = model
     cls = pipeline_class(spec.backbone.pipeline)
-    pipe = cls(**components, brain_model=brain_model, caption_tokenizer=caption_tokenizer, **loaded,
+    pipe = cls(**backbone, brain_model=brain_model, caption_tokenizer=caption_tokenizer, **loaded,
                base=spec.name, settings=dict(spec.pipeline_settings))
     if getattr(pipe, "text_unet", None) is not None:
         pipe.remove_unused_weights()  # its transformers now live in the dual image UNet

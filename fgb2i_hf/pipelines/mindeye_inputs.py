@@ -13,13 +13,13 @@ dict of the same keys, read with ``torch.load(weights_only=True)`` (no pickled c
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..clip import images_to_tensor
+from ..core import save_safetensors_atomic
 
 MINDEYE_EMBED_SHAPE = (257, 768)
 KEYS = ("nsd_ids", "clip_image_embeds", "blurry_images")
@@ -113,19 +113,7 @@ class MindEyeInputs:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a ``.safetensors`` file (atomically: a temporary file renamed into place)."""
-        from safetensors.torch import save_file
-
-        path = os.fspath(path)
-        tensors = {"nsd_ids": self.nsd_ids.contiguous(), "clip_image_embeds": self.clip_image_embeds.contiguous()}
+        tensors = {"nsd_ids": self.nsd_ids, "clip_image_embeds": self.clip_image_embeds}
         if self.blurry_images is not None:
-            tensors["blurry_images"] = self.blurry_images.contiguous()
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            tensors["blurry_images"] = self.blurry_images
+        save_safetensors_atomic(tensors, path)

@@ -30,7 +30,7 @@ import importlib
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
@@ -39,7 +39,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..core import resolve_pretrained
+from ..core import as_betas, resolve_pretrained
 
 FUSION_MODES = ("average", "guidance")
 PACKAGE = __name__.split(".")[0]
@@ -66,6 +66,8 @@ class FgB2IPipelineOutput(BaseOutput):
         w: the fusion weight.
         fusion: ``"average"`` or ``"guidance"``.
         text_mix: Versatile Diffusion only: the text weight of the dual attention that was used.
+        init_images: the low-level images the img2img started from (B, 3, h, w) in [0, 1], at their own size
+            (Brain-Diffuser's VDVAE images, MindEye's blurry images, or the ones passed in); ``None`` from noise.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -76,6 +78,7 @@ class FgB2IPipelineOutput(BaseOutput):
     w: float | None = None
     fusion: str | None = None
     text_mix: float | None = None
+    init_images: torch.Tensor | None = None
 
 
 # -- fusion rules (pure functions, tested on their own) -------------------------------------------------
@@ -112,40 +115,17 @@ def composed_guidance(eps_uncond: torch.Tensor | None, eps_base: torch.Tensor, e
 
 
 def prepare_betas(betas, subject) -> tuple[torch.Tensor, str | list[str]]:
-    """Betas as one float32 tensor (B, V) and the subject(s), as BrainPrefixGPT2 takes them.
+    """Betas as one float32 tensor (B, V) and the subject(s), as BrainPrefixGPT2 takes them
+    (:func:`fgb2i_hf.core.as_betas`; a list naming one subject becomes that name).
 
-    ``betas`` is a tensor or array (B, V), or a sequence of B 1-D rows (e.g. ``dataset[i:j]["betas"]``);
+    ``betas`` is a tensor or array (B, V) or (V,), or a sequence of B 1-D rows (e.g. ``dataset[i:j]["betas"]``);
     rows of different lengths (mixed subjects) are zero-padded on the right and need one subject per row.
     """
     if subject is None:
         raise ValueError("`subject` is required with `betas`: a subject name ('subj01') or one per row")
-    if isinstance(betas, torch.Tensor) or isinstance(betas, np.ndarray):
-        tensor = torch.as_tensor(np.asarray(betas) if isinstance(betas, np.ndarray) else betas).float()
-        if tensor.ndim == 1:
-            tensor = tensor[None]
-        if tensor.ndim != 2:
-            raise ValueError(f"`betas` must be (batch, voxels), got shape {tuple(tensor.shape)}")
-    elif isinstance(betas, Sequence) and len(betas) > 0:
-        rows = [torch.as_tensor(np.asarray(row, dtype=np.float32)) for row in betas]
-        if any(row.ndim != 1 for row in rows):
-            raise ValueError("`betas` given as a sequence must hold 1-D rows of voxel values")
-        lengths = {row.numel() for row in rows}
-        if len(lengths) > 1 and isinstance(subject, str):
-            raise ValueError(
-                f"`betas` rows have different lengths {sorted(lengths)} but one subject {subject!r} was given; "
-                "rows of several subjects need `subject` as a list with one name per row"
-            )
-        tensor = torch.zeros(len(rows), max(lengths))
-        for i, row in enumerate(rows):
-            tensor[i, : row.numel()] = row
-    else:
-        raise TypeError(f"`betas` must be a tensor, an array or a non-empty sequence of rows, got {type(betas)}")
-    if not isinstance(subject, str):
-        subject = list(subject)
-        if len(subject) != tensor.shape[0]:
-            raise ValueError(f"got {len(subject)} subjects for {tensor.shape[0]} rows of betas")
-        if len(set(subject)) == 1:
-            subject = subject[0]
+    tensor, subject = as_betas(betas, subject)
+    if not isinstance(subject, str) and len(set(subject)) == 1:
+        subject = subject[0]
     return tensor, subject
 
 
@@ -250,6 +230,17 @@ class FgB2IPipeline(DiffusionPipeline):
                 "the pipeline needs exactly one caption per row (num_return_sequences=1)"
             )
         return list(captions)
+
+    @staticmethod
+    def check_base_betas(base_betas, betas, subject) -> torch.Tensor:
+        """``base_betas`` as a tensor with as many rows (and columns) as ``betas``."""
+        if betas is None:
+            raise ValueError("`base_betas` go with `betas` (the same rows, normalised as the base's models were fit)")
+        base_betas, _ = prepare_betas(base_betas, subject)
+        if tuple(base_betas.shape) != tuple(betas.shape):
+            raise ValueError(f"`base_betas` must have the shape of `betas` {tuple(betas.shape)}, got "
+                             f"{tuple(base_betas.shape)}")
+        return base_betas
 
     @staticmethod
     def check_captions(captions, batch_size: int) -> list[str]:

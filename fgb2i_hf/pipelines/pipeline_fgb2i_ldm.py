@@ -99,6 +99,7 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         betas=None,
         subject: str | list[str] | None = None,
         *,
+        base_betas=None,
         w: float = 0.5,
         fusion: str = "average",
         captions: list[str] | None = None,
@@ -121,6 +122,8 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         Args:
             betas: (B, V) betas of one subject, or B rows of several subjects (see ``prepare_betas``).
             subject: the subject name, or one per row.
+            base_betas: the same rows normalised as the ridge decoders were fit, when that differs from the brain
+                model's (default ``betas``).
             w: fusion weight: 0 = Takagi & Nishimoto exactly, 1 = the decoded caption's embedding alone.
             fusion: ``"average"`` (paper) or ``"guidance"`` (compose in classifier-free guidance).
             captions: B captions to use instead of decoding them from the betas.
@@ -149,20 +152,21 @@ class FgB2ILDMPipeline(FgB2IPipeline):
         elif base_latents is None or base_embeds is None or (w > 0 and captions is None):
             raise ValueError("pass `betas` (with `subject`), or all of `base_latents`, `base_embeds` and, for "
                              "w > 0, `captions`")
+        base_betas = betas if base_betas is None else self.check_base_betas(base_betas, betas, subject)
         batch_size = betas.shape[0] if betas is not None else torch.as_tensor(base_latents).shape[0]
         self.check_generator(generator, batch_size * num_images_per_prompt)
         do_cfg = guidance_scale > 1.0
 
         # 2. the base method's conditioning: z and c
         if base_latents is None:
-            base_latents = self.predict_with(self.z_decoder, "z_decoder", betas, subject, None, device, dtype)
+            base_latents = self.predict_with(self.z_decoder, "z_decoder", base_betas, subject, None, device, dtype)
         base_latents = torch.as_tensor(base_latents).to(device=device, dtype=dtype)
         if (base_latents.ndim != 4 or base_latents.shape[0] != batch_size
                 or base_latents.shape[1] != self.unet.config.in_channels):
             raise ValueError(f"z must be ({batch_size}, {self.unet.config.in_channels}, h, w) scaled VAE latents, "
                              f"got {tuple(base_latents.shape)}")
         if base_embeds is None:
-            base_embeds = self.predict_with(self.c_decoder, "c_decoder", betas, subject,
+            base_embeds = self.predict_with(self.c_decoder, "c_decoder", base_betas, subject,
                                             self.text_embedding_shape, device, dtype)
         base_embeds = self.check_embeds("base_embeds", base_embeds, batch_size, self.text_embedding_shape,
                                         device, dtype)

@@ -76,6 +76,29 @@ class VersatileDiffusionSettings:
                              "(text_mix=None), and one with a text context needs a text_mix")
 
 
+def derived_generators(generator, salt: int):
+    """Fresh generator(s) seeded from each given one's initial seed and ``salt``: a stage that draws from these
+    leaves the given generators' streams untouched (None stays None)."""
+    if generator is None:
+        return None
+
+    def derived(g):
+        return torch.Generator(device=g.device).manual_seed((g.initial_seed() * 1_000_003 + salt) % (2**63))
+
+    return [derived(g) for g in generator] if isinstance(generator, list) else derived(generator)
+
+
+LOW_LEVEL_SALT = 7_919  # the generators of the low-level stage (VDVAE samples, MindEye's prior)
+
+
+def candidate_generators(generator, k: int):
+    """The generator(s) of best-of-N candidate ``k``: candidate 0 uses the given ones (so ``best_of_n=1`` is the
+    plain call), the others generators derived from them and ``k``."""
+    if k == 0:
+        return generator
+    return derived_generators(generator, k) if generator is not None else torch.Generator().manual_seed(k)
+
+
 def _drop_encoder_attention_mask(module, args, kwargs):
     mask = kwargs.pop("encoder_attention_mask", None)
     if mask is not None:
@@ -102,12 +125,19 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
     (only for Brain-Diffuser's grey-image unconditional context) and ``text_unet`` (only to build the dual
     attention from a universal VD checkpoint, e.g. ``shi-labs/versatile-diffusion``; drop it afterwards with
     ``remove_unused_weights()``); ``brain_model`` + ``caption_tokenizer`` for captions; for Brain-Diffuser,
-    ``clip_text_decoder`` (betas -> 77 x 768) and ``clip_vision_decoder`` (betas -> 257 x 768) RidgeDecoders.
+    ``clip_text_decoder`` (betas -> 77 x 768) and ``clip_vision_decoder`` (betas -> 257 x 768) RidgeDecoders, and
+    its low-level stage: ``vdvae_decoder`` (a RidgeDecoder, betas -> the first k VDVAE latent layers, flattened)
+    with ``vdvae`` (a ``VDVAEModel`` that decodes them into the init image); for MindEye, ``mindeye_model`` (a
+    ``MindEyeModel``: its prior gives the CLIP-image context, its low-level head the blurry init image).
+
+    Every input a base computes from betas can also be passed in instead (``base_*_embeds``, ``image``,
+    ``low_level_latents``, ``mindeye_inputs``), e.g. from a user's own run of the original code.
     """
 
-    model_cpu_offload_seq = "brain_model->text_encoder->image_encoder->image_unet->vae"
+    model_cpu_offload_seq = "brain_model->mindeye_model->vdvae->text_encoder->image_encoder->image_unet->vae"
     _optional_components = ["image_feature_extractor", "image_encoder", "text_unet", "brain_model",
-                            "caption_tokenizer", "clip_text_decoder", "clip_vision_decoder"]
+                            "caption_tokenizer", "clip_text_decoder", "clip_vision_decoder", "vdvae_decoder", "vdvae",
+                            "mindeye_model"]
 
     def __init__(
         self,
@@ -123,6 +153,9 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         caption_tokenizer=None,
         clip_text_decoder=None,
         clip_vision_decoder=None,
+        vdvae_decoder=None,
+        vdvae=None,
+        mindeye_model=None,
         base: str = "brain_diffuser",
         settings: dict | None = None,
     ):
@@ -136,7 +169,8 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
                               text_encoder=text_encoder, image_encoder=image_encoder, image_unet=image_unet,
                               text_unet=text_unet, vae=vae, scheduler=scheduler, brain_model=brain_model,
                               caption_tokenizer=caption_tokenizer, clip_text_decoder=clip_text_decoder,
-                              clip_vision_decoder=clip_vision_decoder)
+                              clip_vision_decoder=clip_vision_decoder, vdvae_decoder=vdvae_decoder, vdvae=vdvae,
+                              mindeye_model=mindeye_model)
         self.register_to_config(base=base, settings=dict(settings))
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -242,6 +276,59 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
                 eps[i] = e
         return eps
 
+    # -- the bases' own models --------------------------------------------------------------------------------
+    @staticmethod
+    def row_generators(generator, batch_size: int, per_row: int):
+        """One generator per row of betas (the first of its images' generators), or the single one given."""
+        if isinstance(generator, list):
+            return [generator[i * per_row] for i in range(batch_size)]
+        return generator
+
+    def vdvae_images(self, betas, subject, low_level_latents, generator) -> torch.Tensor:
+        """Brain-Diffuser's low-level stage: flattened VDVAE latents of the first k layers (given, or predicted by
+        ``vdvae_decoder``) decoded by ``vdvae``, the rest of the hierarchy sampled -> (B, 3, s, s) in [0, 1]."""
+        if self.vdvae is None:
+            raise ValueError("`low_level_latents` need the pipeline's `vdvae` to decode them")
+        if low_level_latents is None:
+            low_level_latents = self.predict_with(self.vdvae_decoder, "vdvae_decoder", self._need(betas), subject,
+                                                  None, self.vdvae.device, self.vdvae.dtype)
+        latents = torch.as_tensor(low_level_latents).to(self.vdvae.device, self.vdvae.dtype)
+        return self.vdvae.decode(latents, generator=generator).float()
+
+    def mindeye_inputs_from_betas(self, betas, subject, generator, vision_tokens: int | None):
+        """MindEye's prior samples (B, T, D) and blurry images (B, 3, H, W) in [0, 1] (or None), one row at a time
+        when ``generator`` is a list, so each row's samples do not depend on the batch it came in."""
+        model = self.mindeye_model
+        betas = self._need(betas).to(model.device)
+        rows = range(betas.shape[0])
+        subjects = [subject] * betas.shape[0] if isinstance(subject, str) else list(subject)
+        if isinstance(generator, list):
+            embeds = torch.cat([model.generate_embeddings(betas[i : i + 1], subjects[i], generator=generator[i])
+                                for i in rows])
+        else:
+            embeds = model.generate_embeddings(betas, subject, generator=generator)
+        if vision_tokens is not None and embeds.shape[1] != vision_tokens:
+            raise ValueError(f"mindeye_model predicts {embeds.shape[1]} CLIP-image tokens; this backbone's image "
+                             f"context has {vision_tokens}: the model was trained for another CLIP")
+        blurry = None
+        if model.config.low_level:
+            blurry = model.decode_blurry(model.blurry_latents(betas, subject), self.vae)
+        return embeds, blurry
+
+    def choose_best(self, candidates: list, predicted: torch.Tensor, num_images_per_prompt: int):
+        """MindEye's best-of-N: per image, the candidate whose CLIP-image embedding is closest (cosine) to the
+        predicted one. ``candidates``: N tensors (B * n, 3, H, W) in [0, 1]; returns (B * n, 3, H, W)."""
+        from ..models.mindeye.retrieval import best_of_n
+
+        stacked = torch.stack(candidates, dim=1)  # (B * n, N, 3, H, W)
+        embeds = torch.stack([self.encode_images(c) for c in candidates], dim=1)  # (B * n, N, T, D)
+        target = repeat_rows(predicted, num_images_per_prompt).to(embeds.device, embeds.dtype)
+        if embeds.shape[2:] != target.shape[1:]:
+            raise ValueError(f"best_of_n compares the candidates' CLIP-image tokens {tuple(embeds.shape[2:])} with the "
+                             f"predicted ones {tuple(target.shape[1:])}: they must match")
+        index = best_of_n(embeds, target).to(stacked.device)
+        return stacked[torch.arange(stacked.shape[0], device=stacked.device), index]
+
     # -- the call ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
@@ -249,10 +336,12 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         betas=None,
         subject: str | list[str] | None = None,
         *,
+        base_betas=None,
         w: float = 0.5,
         fusion: str = "average",
         captions: list[str] | None = None,
         image=None,
+        low_level_latents: torch.Tensor | None = None,
         base_text_embeds: torch.Tensor | None = None,
         base_vision_embeds: torch.Tensor | None = None,
         nsd_ids=None,
@@ -267,6 +356,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         height: int | None = None,
         width: int | None = None,
         num_images_per_prompt: int = 1,
+        best_of_n: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         caption_generation_kwargs: dict | None = None,
         output_type: str = "pil",
@@ -275,10 +365,17 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         """Reconstruct images from betas on the pipeline's base (``self.config.base``).
 
         Args:
-            betas, subject: as in ``FgB2ILDMPipeline``; needed for captions (w > 0) and ridge predictions.
+            betas, subject: as in ``FgB2ILDMPipeline``; needed for captions (w > 0) and the base's models.
+            base_betas: the same rows normalised as the base's own models (ridge decoders, MindEye) were fit, when
+                that differs from the brain model's (e.g. Brain-Diffuser's decoders on repetition-averaged rows);
+                default ``betas``.
             w, fusion, captions: the text bridge (see ``pipeline_fgb2i``).
             image: the low-level reconstructions to start from (B images: PIL, uint8 (B, H, W, 3) or float
-                (B, 3, H, W) in [0, 1]); ``None`` = generate from noise (strength is then unused).
+                (B, 3, H, W) in [0, 1]); ``None``: the base's own low-level stage (Brain-Diffuser's VDVAE from
+                ``vdvae_decoder``/``low_level_latents`` + ``vdvae``, MindEye's blurry image from ``mindeye_model``)
+                when the pipeline has it, else generate from noise (strength is then unused).
+            low_level_latents: Brain-Diffuser: (B, D_k) flattened VDVAE latents instead of ``vdvae_decoder``'s
+                (e.g. predictions rescaled over a whole split).
             base_text_embeds: Brain-Diffuser's CLIP-text (B, 77, D), instead of ``clip_text_decoder``.
             base_vision_embeds: CLIP-vision (B, 257, D): Brain-Diffuser's instead of ``clip_vision_decoder``,
                 MindEye's prior output.
@@ -288,6 +385,8 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
             strength, text_mix, guidance_scale, num_inference_steps: default to the base's published values;
                 ``text_mix`` is fixed to ``w`` for MindEye.
             height, width: output size (default: the UNet's sample size x the VAE factor, 512 for VD).
+            best_of_n: MindEye's best-of-N (its paper: 16): sample N candidates per image and keep the one whose
+                CLIP-image embedding (the pipeline's image encoder) is closest to the predicted one; 1 = off.
             num_images_per_prompt, generator, eta, caption_generation_kwargs, output_type, return_dict: as in
                 ``FgB2ILDMPipeline``.
         """
@@ -298,6 +397,8 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         guidance_scale = base.guidance_scale if guidance_scale is None else guidance_scale
         num_inference_steps = base.num_inference_steps if num_inference_steps is None else num_inference_steps
         self.check_counts(num_inference_steps, num_images_per_prompt)
+        if isinstance(best_of_n, bool) or not isinstance(best_of_n, int) or best_of_n < 1:
+            raise ValueError(f"`best_of_n` must be a positive int (1 = off), got {best_of_n!r}")
         if base.text_mix is None and text_mix is not None:
             raise ValueError(f"the {self.config.base} base has no text stream of its own: its text weight is `w`")
         base_mix = base.text_mix if text_mix is None else text_mix
@@ -306,6 +407,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         device, dtype = self._execution_device, self.image_unet.dtype
         if betas is not None:
             betas, subject = prepare_betas(betas, subject)
+        base_betas = betas if base_betas is None else self.check_base_betas(base_betas, betas, subject)
         if mindeye_inputs is not None:
             if nsd_ids is None:
                 raise ValueError("`mindeye_inputs` needs `nsd_ids` (one per row) to look the inputs up")
@@ -319,24 +421,37 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
         # the image encoder's token count binds only where the base runs it (its grey-image unconditional context);
         # otherwise the given embeddings set the length
         vision_tokens = self.vision_tokens if base.uncond == "encoded" else None
+
+        # 2. the base's own models from betas: MindEye's prior and low-level head, Brain-Diffuser's VDVAE stage,
+        # on generators of their own, so the diffusion's noise is the same whether the stage runs here or its
+        # outputs are passed in
+        row_generators = derived_generators(self.row_generators(generator, batch_size, num_images_per_prompt),
+                                            LOW_LEVEL_SALT)
+        if base_vision_embeds is None and self.mindeye_model is not None:
+            base_vision_embeds, blurry = self.mindeye_inputs_from_betas(base_betas, subject, row_generators,
+                                                                        vision_tokens or self.vision_tokens)
+            image = blurry if image is None else image
+        if image is None and (low_level_latents is not None or self.vdvae_decoder is not None):
+            image = self.vdvae_images(base_betas, subject, low_level_latents, row_generators)
+        init_images_out = images_to_tensor(image) if image is not None else None
         if vision_tokens is None and base_vision_embeds is not None:
             vision_tokens = torch.as_tensor(base_vision_embeds).shape[-2]
         vision_shape = (vision_tokens or VD_VISION_TOKENS, self.context_dim)
 
-        # 2. the base method's conditioning
+        # 3. the base method's conditioning
         if base_vision_embeds is None:
             if self.clip_vision_decoder is None:
                 raise ValueError(f"the {self.config.base} base needs its CLIP-image embeddings: pass "
                                  "`base_vision_embeds` (or `mindeye_inputs` with `nsd_ids`), or give the pipeline a "
                                  "`clip_vision_decoder`")
-            base_vision_embeds = self.predict_with(self.clip_vision_decoder, "clip_vision_decoder", self._need(betas),
+            base_vision_embeds = self.predict_with(self.clip_vision_decoder, "clip_vision_decoder", self._need(base_betas),
                                                    subject, vision_shape, device, dtype)
         vision = self.check_embeds("base_vision_embeds", base_vision_embeds, batch_size, vision_shape, device, dtype)
         if base.normalize_vision_embeds:
             vision = vision / (vision[:, :1].norm(dim=-1, keepdim=True) + 1e-6)
         if base.base_text == "decoder":
             if base_text_embeds is None:
-                base_text_embeds = self.predict_with(self.clip_text_decoder, "clip_text_decoder", self._need(betas),
+                base_text_embeds = self.predict_with(self.clip_text_decoder, "clip_text_decoder", self._need(base_betas),
                                                      subject, text_shape, device, dtype)
             base_text = self.check_embeds("base_text_embeds", base_text_embeds, batch_size, text_shape, device,
                                           dtype)
@@ -348,7 +463,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
             base_text = torch.zeros(batch_size, *text_shape, device=device, dtype=dtype)
             base_embeds = vision
 
-        # 3. the text bridge (skipped entirely at w = 0)
+        # 4. the text bridge (skipped entirely at w = 0)
         text_embeds = None
         if captions is not None:
             captions = self.check_captions(captions, batch_size)
@@ -357,7 +472,7 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
                 captions = self.decode_captions(self._need(betas), subject, caption_generation_kwargs)
             text_embeds = self.encode_text(captions).to(dtype)
 
-        # 4. the UNet branches as (dual context, text weight)
+        # 5. the UNet branches as (dual context, text weight)
         def dual(text_context, image_context):
             return repeat_rows(torch.cat([text_context, image_context], dim=1), num_images_per_prompt)
 
@@ -388,40 +503,48 @@ class FgB2IVersatileDiffusionPipeline(FgB2IPipeline, VersatileDiffusionDualGuide
             branches = [(dual(uncond_text, uncond_vision), conds[0][1])] + conds
         n_conds = len(branches) - int(do_cfg)
 
-        # 5. start latents: the low-level image noised to the first kept timestep, or pure noise
-        total = batch_size * num_images_per_prompt
-        if image is not None:
-            init_images = self.preprocess_init_images(image, height, width)
-            if init_images.shape[0] != batch_size:
-                raise ValueError(f"got {init_images.shape[0]} init images for a batch of {batch_size}")
-            timesteps = self.img2img_timesteps(num_inference_steps, strength, device)
-            init_latents = self.encode_init_images(repeat_rows(init_images, num_images_per_prompt), generator, dtype)
-            latents = self.noised_latents(init_latents, timesteps[:1], generator)
+        # 6-8. start latents, denoise, decode; best-of-N repeats them with other noise and keeps the closest
+        def sample(generator, output_type):
+            total = batch_size * num_images_per_prompt
+            if image is not None:
+                init_images = self.preprocess_init_images(image, height, width)
+                if init_images.shape[0] != batch_size:
+                    raise ValueError(f"got {init_images.shape[0]} init images for a batch of {batch_size}")
+                timesteps = self.img2img_timesteps(num_inference_steps, strength, device)
+                init_latents = self.encode_init_images(repeat_rows(init_images, num_images_per_prompt), generator,
+                                                       dtype)
+                latents = self.noised_latents(init_latents, timesteps[:1], generator)
+            else:
+                self.scheduler.set_timesteps(num_inference_steps, device=device)
+                timesteps = self.scheduler.timesteps
+                shape = (total, self.image_unet.config.in_channels, height // self.vae_scale_factor,
+                         width // self.vae_scale_factor)
+                latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+                latents = latents * self.scheduler.init_noise_sigma
+
+            def predict_noise(latents, t):
+                eps = self.predict_branches(latents, t, branches)
+                eps_uncond = eps[0] if do_cfg else None
+                if n_conds == 1:
+                    return classifier_free_guidance(eps_uncond, eps[-1], guidance_scale) if do_cfg else eps[-1]
+                return composed_guidance(eps_uncond, eps[-2], eps[-1], guidance_scale, w)
+
+            latents = self.denoise(latents, timesteps, predict_noise, self.step_kwargs(generator, eta))
+            return self.decode_latents_to_images(latents, output_type)
+
+        if best_of_n == 1:
+            images = sample(generator, output_type)
         else:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-            timesteps = self.scheduler.timesteps
-            shape = (total, self.image_unet.config.in_channels, height // self.vae_scale_factor,
-                     width // self.vae_scale_factor)
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-            latents = latents * self.scheduler.init_noise_sigma
-
-        # 6. denoise
-        def predict_noise(latents, t):
-            eps = self.predict_branches(latents, t, branches)
-            eps_uncond = eps[0] if do_cfg else None
-            if n_conds == 1:
-                return classifier_free_guidance(eps_uncond, eps[-1], guidance_scale) if do_cfg else eps[-1]
-            return composed_guidance(eps_uncond, eps[-2], eps[-1], guidance_scale, w)
-
-        latents = self.denoise(latents, timesteps, predict_noise, self.step_kwargs(generator, eta))
-
-        # 7. decode
-        images = self.decode_latents_to_images(latents, output_type)
+            candidates = [sample(candidate_generators(generator, k), "pt") for k in range(best_of_n)]
+            images = self.choose_best(candidates, vision, num_images_per_prompt)
+            if output_type != "pt":
+                images = self.image_processor.postprocess(images * 2.0 - 1.0, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, captions
         return FgB2IPipelineOutput(images=images, captions=captions, base_embeds=base_embeds, text_embeds=text_embeds,
-                                   fused_embeds=fused, w=float(w), fusion=fusion, text_mix=used_mix)
+                                   fused_embeds=fused, w=float(w), fusion=fusion, text_mix=used_mix,
+                                   init_images=init_images_out)
 
     @staticmethod
     def _batch_size(betas, *embeds) -> int:

@@ -38,24 +38,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from accelerate.utils import gather_object
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..core.checkpoints import check_random_states, read_json_state, reading
+from ..core import append_jsonl, atomic_write_json
+from ..core.checkpoints import (STATE_NAME, check_random_states, find_checkpoint, list_checkpoints, read_json_state,
+                               reading, save_accelerate_checkpoint, truncate_log)
 from ..data.collate import CAPTION_COLUMNS, BrainCaptionCollator, check_captions
+from ..models.brain_prefix_gpt2 import decode_captions
 from ..rewards.registry import call_reward, get_reward
 
 BASELINES = ("none", "greedy", "leave_one_out")
-STATE_NAME = "trainer_state.json"
 LOG_NAME = "log.jsonl"
 
 
@@ -301,15 +303,6 @@ class ReinforceTrainer:
         return out
 
     # -- one step -----------------------------------------------------------------------------------------
-    def _decode(self, tokens: torch.Tensor) -> list[str]:
-        eos = self.tokenizer.eos_token_id
-        texts = []
-        for row in tokens.tolist():
-            if eos in row:
-                row = row[: row.index(eos)]
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return texts
-
     def training_step(self, batch: dict[str, Any]) -> dict[str, float]:
         cfg, acc = self.config, self.accelerator
         policy = acc.unwrap_model(self.model)
@@ -329,9 +322,9 @@ class ReinforceTrainer:
                                                 max_new_tokens=max_new, eos_token_id=eos, pad_token_id=eos)
         self.timings["sampling"].append(time.perf_counter() - start)
 
-        completions = self._decode(samples)
+        completions = decode_captions(samples, self.tokenizer, eos)
         rewards = self.score(completions, columns, k)
-        greedy_rewards = self.score(self._decode(greedy_tokens), columns, 1) if greedy_tokens is not None else {}
+        greedy_rewards = self.score(decode_captions(greedy_tokens, self.tokenizer, eos), columns, 1) if greedy_tokens is not None else {}
         advantage = np.zeros(len(completions))
         logs: dict[str, float] = {}
         for w, name in zip(self.reward_weights, cfg.rewards):
@@ -441,6 +434,9 @@ class ReinforceTrainer:
                 bar.update(1)
                 if self.global_step % cfg.logging_steps == 0 or self.global_step == self.total_steps:
                     logs = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
+                    if acc.num_processes > 1:  # every process's samples, not rank 0's shard alone
+                        shards = gather_object([logs])
+                        logs = {k: float(np.mean([shard[k] for shard in shards if k in shard])) for k in logs}
                     logs.update(step=self.global_step, epoch=epoch)
                     self._log(logs)
                     window = []
@@ -460,30 +456,13 @@ class ReinforceTrainer:
             self.accelerator.log(logs, step=self.global_step)
         if self.accelerator.is_main_process:
             os.makedirs(self.config.output_dir, exist_ok=True)
-            with open(os.path.join(self.config.output_dir, LOG_NAME), "a") as f:
-                f.write(json.dumps(logs) + "\n")
+            append_jsonl(os.path.join(self.config.output_dir, LOG_NAME), [logs])
 
     def _truncate_log(self, step: int) -> None:
         """Keep the records of steps <= ``step`` (those the checkpoint has seen): the steps a killed run logged
         after its last checkpoint are trained and logged again by the resumed run."""
-        path = os.path.join(self.config.output_dir, LOG_NAME)
-        if self.accelerator.is_main_process and os.path.exists(path):
-            with open(path) as f:
-                lines = [line for line in f if line.strip()]
-            kept = []
-            for number, line in enumerate(lines, 1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    if number == len(lines):  # a record torn by the kill
-                        continue
-                    raise ValueError(f"{path}: line {number} is not JSON; cannot resume its log") from None
-                if record.get("step", 0) <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, path)
+        if self.accelerator.is_main_process:
+            truncate_log(os.path.join(self.config.output_dir, LOG_NAME), step)
         self.accelerator.wait_for_everyone()
 
     # -- checkpoints --------------------------------------------------------------------------------------
@@ -491,45 +470,17 @@ class ReinforceTrainer:
         return os.path.join(self.config.output_dir, "checkpoints")
 
     def save_checkpoint(self) -> str:
-        """``accelerator.save_state`` + trainer state in a temporary folder, then renamed into place."""
-        acc = self.accelerator
-        final = os.path.join(self.checkpoint_dir(), f"checkpoint-{self.global_step}")
-        tmp = final + ".tmp"
-        if acc.is_main_process and os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(tmp)
-        if acc.is_main_process:
-            with open(os.path.join(tmp, STATE_NAME), "w") as f:
-                json.dump({"global_step": self.global_step, "config": asdict(self.config)}, f, indent=2, default=str)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in self.list_checkpoints()[: -self.config.save_total_limit or None]:
-                shutil.rmtree(old)
-        acc.wait_for_everyone()
-        return final
+        """``accelerator.save_state`` + trainer state as ``checkpoint-<step>``, swapped in whole when complete."""
+        return save_accelerate_checkpoint(self.accelerator, self.checkpoint_dir(), self.global_step,
+                                          {"global_step": self.global_step, "config": asdict(self.config)},
+                                          self.config.save_total_limit)
 
     def list_checkpoints(self) -> list[str]:
-        root = self.checkpoint_dir()
-        if not os.path.isdir(root):
-            return []
-        found = [os.path.join(root, d) for d in os.listdir(root)
-                 if d.startswith("checkpoint-") and not d.endswith(".tmp")
-                 and os.path.exists(os.path.join(root, d, STATE_NAME))]
-        return sorted(found, key=lambda p: int(p.rsplit("-", 1)[1]))
+        return list_checkpoints(self.checkpoint_dir())
 
     def load_checkpoint(self, path: str) -> None:
-        if path == "latest":
-            found = self.list_checkpoints()
-            if not found:
-                raise FileNotFoundError(f"resume_from_checkpoint='latest' but {self.checkpoint_dir()} holds no "
-                                        "complete checkpoint")
-            path = found[-1]
-        state_file = os.path.join(path, STATE_NAME)
-        if not os.path.exists(state_file):
-            raise FileNotFoundError(f"{path} is not a complete checkpoint: {STATE_NAME} is missing")
-        state = read_json_state(state_file, "global_step")
+        path = find_checkpoint(path, self.checkpoint_dir())
+        state = read_json_state(os.path.join(path, STATE_NAME), "global_step")
         # accelerate restores the random states only if it can, silently: a missing file is said, a damaged one named
         check_random_states(os.path.join(path, f"random_states_{self.accelerator.process_index}.pkl"))
         with reading(path, "checkpoint (model, optimiser, scheduler)"):
@@ -545,7 +496,6 @@ class ReinforceTrainer:
         model.save_pretrained(path, is_main_process=acc.is_main_process, save_function=acc.save)
         if acc.is_main_process:
             self.tokenizer.save_pretrained(path)
-            with open(os.path.join(path, "reinforce_config.json"), "w") as f:
-                json.dump(asdict(self.config), f, indent=2, default=str)
+            atomic_write_json(os.path.join(path, "reinforce_config.json"), asdict(self.config), default=str)
         acc.wait_for_everyone()
         return path

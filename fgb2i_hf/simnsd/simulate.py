@@ -39,6 +39,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import scenes as sc
+from ..core import publish_folder, scratch_folder
 from ..data.coco import COCO_CATEGORIES, COCO_CATEGORY_ID
 from ..data.layout import BETAS_SCALE, NSDPaths, TRIALS_PER_SESSION, subject_id, subject_index
 
@@ -323,7 +324,7 @@ def simulate_nsd(root: str, scale: str = "tiny", seed: int = 0, overwrite: bool 
     """Write a SimNSD under ``root`` in NSD's raw layout; returns its config.
 
     Args:
-        root: output folder (written as ``root.incomplete`` and renamed when complete).
+        root: output folder (written in a scratch sibling folder and swapped in whole when complete).
         scale: ``"tiny"`` (default: 4 subjects, a few hundred voxels, 3 sessions, 100 shared + 650 own images
             per subject, 64 x 64 images) or ``"full"`` (real voxel counts, 40 sessions, 1000 shared + 9000 own
             images per subject, on a compact grid).
@@ -337,9 +338,18 @@ def simulate_nsd(root: str, scale: str = "tiny", seed: int = 0, overwrite: bool 
     root = os.path.abspath(os.path.expanduser(str(root)))
     if os.path.isdir(root) and os.listdir(root) and not overwrite:
         raise FileExistsError(f"{root} exists and is not empty; pass overwrite=True to replace it")
-    tmp = root + ".incomplete"
-    shutil.rmtree(tmp, ignore_errors=True)
-    paths = NSDPaths(tmp)
+    scratch = scratch_folder(root)
+    try:
+        _write_simnsd(NSDPaths(scratch), cfg, seed, progress)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    publish_folder(scratch, root)
+    return cfg
+
+
+def _write_simnsd(paths: NSDPaths, cfg: SimNSDConfig, seed: int, progress: bool) -> None:
+    """Every file of a SimNSD, under ``paths`` (a scratch folder that :func:`simulate_nsd` publishes whole)."""
     rng = np.random.default_rng([seed, 0])
     design = _make_design(cfg, rng)
 
@@ -401,10 +411,6 @@ def simulate_nsd(root: str, scale: str = "tiny", seed: int = 0, overwrite: bool 
             "colours": list(sc.COLOURS), "sizes": list(sc.SIZES), "positions": list(sc.POSITIONS),
             "backgrounds": list(sc.BACKGROUNDS), "scenery": list(sc.SCENERY)}
     _write_json(os.path.join(paths.simnsd_dir, "config.json"), meta)
-    if os.path.isdir(root):
-        shutil.rmtree(root)
-    os.replace(tmp, root)
-    return cfg
 
 
 # --- ground truth --------------------------------------------------------------------------------------------

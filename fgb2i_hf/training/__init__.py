@@ -5,10 +5,8 @@ row trains on follows the epoch). The run around them — data, checks, model, f
 ``fgb2i_hf.drivers.ce.run_ce``, which ``recipes/train_ce.py`` calls.
 """
 
-import importlib
-import warnings
-
 from ..core.checkpoints import CheckpointError
+from ..core.deprecation import moved_names
 from .ce import BrainCaptionTrainer, CaptionEpochCallback
 
 __all__ = ["BrainCaptionTrainer", "CaptionEpochCallback", "CheckpointError"]
@@ -17,12 +15,4 @@ _MOVED_TO_DRIVERS = ("CONFIG_NAME", "FINAL_DIR", "SCRATCH", "CEScriptArguments",
                      "final_evaluation", "load_ce_data", "prepare_ce_data", "run_ce",
                      "voxel_counts_of")
 
-
-def __getattr__(name):
-    # Deprecated aliases (removed in the next release), resolved at attribute access so that this layer keeps no
-    # import of the drivers above it.
-    if name in _MOVED_TO_DRIVERS:
-        warnings.warn(f"fgb2i_hf.training.{name} moved to fgb2i_hf.drivers.ce.{name}; the old name will be removed "
-                      "in the next release", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("fgb2i_hf.drivers.ce"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, "fgb2i_hf.drivers.ce", _MOVED_TO_DRIVERS)

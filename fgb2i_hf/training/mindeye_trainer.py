@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import shutil
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -40,11 +38,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from ..core import append_jsonl, atomic_write_json, publish_folder, scratch_folder, versions
+from ..core.checkpoints import STATE_NAME, find_checkpoint, list_checkpoints, save_accelerate_checkpoint, truncate_log
 from ..models.mindeye.losses import (bimixco_epochs, bimixco_loss, low_level_loss, mixco, soft_clip_loss,
                                      softclip_temperature)
 from ..models.mindeye.retrieval import top1_identification
 
-STATE_NAME = "trainer_state.json"
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "mindeye_training_config.json"
 REPEATS = ("one_per_image", "all_trials")
@@ -199,19 +198,6 @@ def step_seed(seed: int, step: int, process: int = 0) -> int:
     return int(np.random.SeedSequence([int(seed), int(step), int(process)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def versions() -> dict[str, str]:
-    import accelerate
-    import datasets
-    import diffusers
-    import transformers
-
-    from .. import __version__
-
-    return {"fgb2i_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "diffusers": diffusers.__version__, "accelerate": accelerate.__version__,
-            "datasets": datasets.__version__, "python": platform.python_version()}
-
-
 def run_exists(output_dir: str) -> list[str]:
     """What in ``output_dir`` marks an earlier run (log, checkpoints, final model); empty if none."""
     found = []
@@ -348,9 +334,8 @@ class MindEyeTrainer:
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
         elif acc.is_main_process:
-            os.makedirs(cfg.output_dir, exist_ok=True)
-            with open(os.path.join(cfg.output_dir, CONFIG_NAME), "w", encoding="utf-8") as f:
-                json.dump({"training": asdict(cfg), "versions": versions()}, f, indent=2, default=str)
+            atomic_write_json(os.path.join(cfg.output_dir, CONFIG_NAME), {"training": asdict(cfg), "versions": versions()},
+                              default=str)
         epoch, skip = divmod(self.global_step, self.steps_per_epoch)
         bar = tqdm(total=self.stop_step, initial=self.global_step, desc="MindEye",
                    disable=cfg.disable_tqdm or not acc.is_local_main_process)
@@ -375,53 +360,25 @@ class MindEyeTrainer:
     def _log(self, logs: dict) -> None:
         self.history.append(logs)
         if self.accelerator.is_main_process:
-            with open(os.path.join(self.config.output_dir, LOG_NAME), "a", encoding="utf-8") as f:
-                f.write(json.dumps(logs) + "\n")
+            append_jsonl(os.path.join(self.config.output_dir, LOG_NAME), [logs])
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def checkpoint_dir(self) -> str:
         return os.path.join(self.config.output_dir, "checkpoints")
 
     def list_checkpoints(self) -> list[str]:
-        root = self.checkpoint_dir()
-        if not os.path.isdir(root):
-            return []
-        found = [os.path.join(root, d) for d in os.listdir(root) if d.startswith("checkpoint-")
-                 and not d.endswith(".tmp") and os.path.exists(os.path.join(root, d, STATE_NAME))]
-        return sorted(found, key=lambda p: int(p.rsplit("-", 1)[1]))
+        return list_checkpoints(self.checkpoint_dir())
 
     def save_checkpoint(self) -> str:
-        """``accelerator.save_state`` + ``trainer_state.json`` in ``checkpoint-<step>.tmp``, renamed when complete."""
-        acc = self.accelerator
-        final = os.path.join(self.checkpoint_dir(), f"checkpoint-{self.global_step}")
-        tmp = final + ".tmp"
-        if acc.is_main_process and os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(tmp)
-        if acc.is_main_process:
-            with open(os.path.join(tmp, STATE_NAME), "w", encoding="utf-8") as f:
-                json.dump({"global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch,
-                           "config": asdict(self.config)}, f, indent=2, default=str)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in self.list_checkpoints()[: -self.config.save_total_limit or None]:
-                shutil.rmtree(old)
-        acc.wait_for_everyone()
-        return final
+        """``accelerator.save_state`` + ``trainer_state.json`` as ``checkpoint-<step>``, swapped in whole when
+        complete."""
+        state = {"global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch, "config": asdict(self.config)}
+        return save_accelerate_checkpoint(self.accelerator, self.checkpoint_dir(), self.global_step, state,
+                                          self.config.save_total_limit)
 
     def load_checkpoint(self, path: str) -> None:
-        if path == "latest":
-            found = self.list_checkpoints()
-            if not found:
-                raise FileNotFoundError(f"resume_from_checkpoint='latest' but {self.checkpoint_dir()} holds no "
-                                        "complete checkpoint")
-            path = found[-1]
-        state_file = os.path.join(path, STATE_NAME)
-        if not os.path.exists(state_file):
-            raise FileNotFoundError(f"{path} is not a complete checkpoint: {STATE_NAME} is missing")
-        with open(state_file, encoding="utf-8") as f:
+        path = find_checkpoint(path, self.checkpoint_dir())
+        with open(os.path.join(path, STATE_NAME), encoding="utf-8") as f:
             state = json.load(f)
         if state["steps_per_epoch"] != self.steps_per_epoch:
             raise ValueError(f"{path} was written with {state['steps_per_epoch']} steps per epoch, this run has "
@@ -429,38 +386,23 @@ class MindEyeTrainer:
         self.accelerator.load_state(path)
         self.global_step = int(state["global_step"])
         if self.accelerator.is_main_process:
-            self._truncate_log(self.global_step)
+            truncate_log(os.path.join(self.config.output_dir, LOG_NAME), self.global_step)
         self.accelerator.wait_for_everyone()
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines of steps after ``step`` (written by the run after its last checkpoint)."""
-        path = os.path.join(self.config.output_dir, LOG_NAME)
-        if not os.path.exists(path):
-            return
-        with open(path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
 
     def save_model(self, path: str | None = None, extra_config: dict | None = None) -> str:
         """``save_pretrained`` to ``path`` (default ``<output_dir>/final``) with the training config and versions,
-        written to ``<path>.tmp`` and renamed."""
+        written to a scratch folder and swapped in whole."""
         acc = self.accelerator
         path = path or os.path.join(self.config.output_dir, "final")
-        tmp = path + ".tmp"
         acc.wait_for_everyone()
         if acc.is_main_process:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp)
-            acc.unwrap_model(self.model).save_pretrained(tmp)
-            with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
-                json.dump({"training": asdict(self.config), **(extra_config or {}), "global_step": self.global_step,
-                           "versions": versions()}, f, indent=2, default=str)
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            scratch = scratch_folder(path)
+            acc.unwrap_model(self.model).save_pretrained(scratch)
+            atomic_write_json(os.path.join(scratch, CONFIG_NAME),
+                              {"training": asdict(self.config), **(extra_config or {}), "global_step": self.global_step,
+                               "versions": versions()}, default=str)
+            publish_folder(scratch, path)
         acc.wait_for_everyone()
         return path
 

@@ -9,21 +9,10 @@ as a prefix. This config describes all of it, the language model included (as a 
 from __future__ import annotations
 
 import os
-import re
 
 from transformers import GPT2Config, PreTrainedConfig
 
-SUBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-
-
-def check_subject_name(subject) -> str:
-    """A subject name must be usable as a module name (no dots, not empty): ``subj01``, ``sub-03``..."""
-    if not isinstance(subject, str) or not SUBJECT_NAME.match(subject):
-        raise ValueError(
-            f"subject names must be strings of letters, digits, '_' or '-' that start with a letter or '_' "
-            f"(e.g. 'subj01'), got {subject!r}"
-        )
-    return subject
+from ...core.subjects import check_subject_name, check_voxel_counts  # noqa: F401  (re-exported)
 
 
 class BrainPrefixGPT2Config(PreTrainedConfig):
@@ -74,12 +63,7 @@ class BrainPrefixGPT2Config(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        counts = dict(self.voxel_counts or {})
-        for subject, n in counts.items():
-            check_subject_name(subject)
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise ValueError(f"voxel_counts[{subject!r}] must be a positive int (the subject's voxel count), got {n!r}")
-        self.voxel_counts = counts
+        self.voxel_counts = check_voxel_counts(self.voxel_counts)
         for name in ("prefix_length", "mapper_layers", "mapper_heads", "max_caption_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "mapper_layers" else 1):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,8 @@ from transformers import GPT2LMHeadModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ...core import resolve_pretrained
+from ...core import as_betas, atomic_write_text, resolve_pretrained
+from .beam_search import beam_search, resolve_generation_config
 from .configuration_brain_prefix_gpt2 import BrainPrefixGPT2Config, check_subject_name
 
 
@@ -39,6 +39,24 @@ def _default_linear_init(layer: nn.Linear) -> None:
     if layer.bias is not None:
         bound = 1 / math.sqrt(layer.in_features)
         init.uniform_(layer.bias, -bound, bound)
+
+
+def decode_captions(sequences, tokenizer, eos_token_id: int | None = None) -> list[str]:
+    """Captions from generated token ids: one string per row, cut at the first ``eos_token_id`` (default: the
+    tokenizer's), special tokens and surrounding spaces removed.
+
+    Args:
+        sequences: LongTensor (N, T) of new tokens, or a ``GenerateOutput`` (its ``sequences``).
+    """
+    if not isinstance(sequences, torch.Tensor):
+        sequences = sequences.sequences
+    eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    captions = []
+    for row in sequences.tolist():
+        if eos in row:
+            row = row[: row.index(eos)]
+        captions.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return captions
 
 
 class MapperAttention(nn.Module):
@@ -186,63 +204,11 @@ class BrainPrefixGPT2(PreTrainedModel):
 
     # -- inputs ---------------------------------------------------------------------------------------------------
     def _check_brain_inputs(self, betas, subject) -> tuple[torch.Tensor, str | list[str]]:
-        """Validate betas/subject; returns betas as a float tensor on the model's device and the subject(s)."""
-        if not isinstance(betas, torch.Tensor):
-            try:
-                betas = torch.as_tensor(betas)
-            except (TypeError, ValueError, RuntimeError) as err:
-                raise ValueError(f"betas must be a float tensor (B, V), got {type(betas).__name__}") from err
-        if betas.ndim != 2:
-            raise ValueError(f"betas must be a 2-D tensor (batch, voxels), got shape {tuple(betas.shape)}")
-        if not (betas.is_floating_point()):
-            raise ValueError(f"betas must be floating point, got dtype {betas.dtype}")
-        counts = self.config.voxel_counts
-        batch, width = betas.shape
-        if batch == 0:
-            raise ValueError("betas has no rows: expected at least one brain (B >= 1)")
-        if isinstance(subject, str):
-            subjects = [subject]
-        elif isinstance(subject, Sequence) and all(isinstance(s, str) for s in subject):
-            subjects = list(subject)
-            if len(subjects) != batch:
-                raise ValueError(
-                    f"subject lists one name per row: got {len(subjects)} names for {batch} rows of betas"
-                )
-        else:
-            raise ValueError(f"subject must be a subject name (str) or a list of B names, got {subject!r}")
-        unknown = sorted(set(subjects) - set(counts))
-        if unknown:
-            raise ValueError(f"unknown subject(s) {unknown}; this model knows {sorted(counts)} (add_subject adds one)")
-        # checked in the model's dtype: finite float64 betas beyond its range become inf in the cast
+        """Validate betas/subject (:func:`fgb2i_hf.core.as_betas`: 2-D, floating point, known subjects, widths and
+        padding, finite in the model's dtype); returns betas on the model's device and dtype, and the subject(s)."""
         reference = self.mapper.prefix_const
-        given_finite = torch.isfinite(betas).all(dim=1)
-        betas = betas.to(reference.device, reference.dtype)
-        finite = torch.isfinite(betas).all(dim=1)
-        if not bool(finite.all()):
-            rows = torch.nonzero(~finite).flatten().tolist()
-            named = sorted({subjects[0] if isinstance(subject, str) else subjects[i] for i in rows})
-            cast = "" if not bool(given_finite.cpu()[rows].all()) else (
-                f", after the cast to the model's dtype {reference.dtype} (largest finite value "
-                f"{torch.finfo(reference.dtype).max:.4g}): z-score the betas")
-            raise ValueError(f"betas contain NaN or inf in rows {rows[:10]} (subject(s) {named}){cast}")
-        if isinstance(subject, str):
-            if width != counts[subject]:
-                raise ValueError(f"betas for {subject} have {width} voxels per row, expected {counts[subject]}")
-        else:
-            need = max(counts[s] for s in set(subjects))
-            if width < need:
-                worst = next(s for s in subjects if counts[s] == need)
-                raise ValueError(f"betas have {width} columns but {worst} needs {need} voxels (pad rows on the right)")
-            lengths = torch.tensor([counts[s] for s in subjects], device=betas.device)
-            beyond = torch.arange(width, device=betas.device)[None, :] >= lengths[:, None]
-            bad = (betas.ne(0) & beyond).any(dim=1)
-            if bool(bad.any()):
-                i = int(torch.nonzero(bad)[0])
-                raise ValueError(
-                    f"row {i} ({subjects[i]}) has non-zero values after its {counts[subjects[i]]} voxels: a betas "
-                    f"length that differs from the subject's voxel count, or padding that is not zeros"
-                )
-        return betas, subject if isinstance(subject, str) else subjects
+        return as_betas(betas, subject, voxel_counts=self.config.voxel_counts, device=reference.device,
+                        dtype=reference.dtype, allow_1d=False)
 
     def _project_subjects(self, betas: torch.Tensor, subject: str | list[str]) -> torch.Tensor:
         """(B, V) -> (B, width): one matmul per subject present, rows put back in their order."""
@@ -368,6 +334,7 @@ class BrainPrefixGPT2(PreTrainedModel):
         betas: torch.Tensor | None = None,
         subject: str | list[str] | None = None,
         prefix_embeds: torch.Tensor | None = None,
+        beam_impl: str = "auto",
         **generation_kwargs,
     ):
         """Caption token ids through GPT-2's own ``generate`` (KV cache): greedy, beam search, sampling...
@@ -376,16 +343,32 @@ class BrainPrefixGPT2(PreTrainedModel):
         ``num_return_sequences``, ``eos_token_id``, ``stopping_criteria``, ``stop_strings`` with ``tokenizer``...).
         Defaults: ``max_new_tokens = config.max_caption_tokens``, ``pad_token_id`` = the eos id.
 
+        ``beam_impl`` chooses the beam search: ``"auto"`` (default) runs ``beam_search.beam_search`` -- the same
+        algorithm and outputs as transformers' beam search on a pre-allocated KV cache, several times faster on a
+        CPU -- whenever it implements the settings exactly (``num_beams > 1``, no sampling, no logits processors or
+        extra stopping criteria, ``max_new_tokens``; ``beam_search.resolve_generation_config`` says why not), and
+        transformers' otherwise; ``"hf"`` always transformers'; ``"fast"`` the fast one or a ``ValueError`` saying
+        why it cannot. Greedy decoding and sampling always run through transformers.
+
         Returns:
             LongTensor (B * num_return_sequences, T) of new tokens only (rows that end early are padded with the pad
-            id), or a ``GenerateOutput`` whose ``sequences`` are those when ``return_dict_in_generate=True``.
+            id), or a ``GenerateOutput`` whose ``sequences`` are those when ``return_dict_in_generate=True`` (the
+            fast beam search returns no ``cache`` in it).
         """
+        if beam_impl not in ("auto", "fast", "hf"):
+            raise ValueError(f"beam_impl must be 'auto', 'fast' or 'hf', got {beam_impl!r}")
         prefix = self._prefix(betas, subject, prefix_embeds)
-        mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         if "max_new_tokens" not in generation_kwargs and "max_length" not in generation_kwargs:
             generation_kwargs["max_new_tokens"] = self.config.max_caption_tokens
         if generation_kwargs.get("pad_token_id") is None and self.gpt2.generation_config.pad_token_id is None:
             generation_kwargs["pad_token_id"] = self.eos_token_id
+        if beam_impl != "hf":
+            generation_config, reason = resolve_generation_config(self.gpt2, generation_kwargs)
+            if generation_config is not None:
+                return beam_search(self.gpt2, prefix, generation_config)
+            if beam_impl == "fast":
+                raise ValueError(f"beam_impl='fast' cannot run these settings: {reason}; use beam_impl='auto' or 'hf'")
+        mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         return self.gpt2.generate(inputs_embeds=prefix, attention_mask=mask, **generation_kwargs)
 
     @property
@@ -397,18 +380,11 @@ class BrainPrefixGPT2(PreTrainedModel):
         return eos[0] if isinstance(eos, (list, tuple)) else eos
 
     def generate_captions(self, betas, subject, tokenizer, **generation_kwargs) -> list[str]:
-        """``generate`` then decode: one string per returned sequence, cut at the first eos, special tokens and
-        surrounding spaces removed."""
+        """``generate`` then :func:`decode_captions`: one string per returned sequence, cut at the first eos (the
+        tokenizer's, else the model's), special tokens and surrounding spaces removed."""
         sequences = self.generate(betas=betas, subject=subject, **generation_kwargs)
-        if not isinstance(sequences, torch.Tensor):
-            sequences = sequences.sequences
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else self.eos_token_id
-        captions = []
-        for row in sequences.tolist():
-            if eos in row:
-                row = row[: row.index(eos)]
-            captions.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-        return captions
+        return decode_captions(sequences, tokenizer, eos)
 
     # -- subjects -------------------------------------------------------------------------------------------------
     def add_subject(self, subject: str, n_voxels: int, freeze_others: bool = True) -> nn.Linear:
@@ -456,11 +432,7 @@ class BrainPrefixGPT2(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if model_card is not False and kwargs.get("is_main_process", True):
             card = create_model_card(self.config, **(model_card if isinstance(model_card, dict) else {}))
-            path = os.path.join(save_directory, "README.md")
-            fd, tmp = tempfile.mkstemp(dir=save_directory, prefix=".README.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(str(card))
-            os.replace(tmp, path)
+            atomic_write_text(os.path.join(save_directory, "README.md"), str(card))
 
     def push_to_hub(
         self,
@@ -496,4 +468,4 @@ class BrainPrefixGPT2(PreTrainedModel):
             )
 
 
-__all__ = ["BrainPrefixGPT2", "BrainMapper", "MapperBlock"]
+__all__ = ["BrainPrefixGPT2", "BrainMapper", "MapperBlock", "decode_captions"]

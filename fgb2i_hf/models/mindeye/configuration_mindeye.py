@@ -11,19 +11,10 @@ from __future__ import annotations
 
 import math
 import os
-import re
 
 from transformers import PreTrainedConfig
 
-SUBJECT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-
-
-def check_subject_name(subject) -> str:
-    """A subject name must be usable as a module name (no dots, not empty): ``subj01``, ``sub-03``..."""
-    if not isinstance(subject, str) or not SUBJECT_NAME.match(subject):
-        raise ValueError(f"subject names must be strings of letters, digits, '_' or '-' that start with a letter or "
-                         f"'_' (e.g. 'subj01'), got {subject!r}")
-    return subject
+from ...core.subjects import check_voxel_counts
 
 
 class MindEyeConfig(PreTrainedConfig):
@@ -116,13 +107,7 @@ class MindEyeConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        counts = dict(self.voxel_counts or {})
-        for subject, n in counts.items():
-            check_subject_name(subject)
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise ValueError(f"voxel_counts[{subject!r}] must be a positive int (the subject's voxel count), "
-                                 f"got {n!r}")
-        self.voxel_counts = counts
+        self.voxel_counts = check_voxel_counts(self.voxel_counts)
         if self.low_level_block_out_channels is None:
             self.low_level_block_out_channels = [64, 128, 256]
         self.low_level_block_out_channels = [int(c) for c in self.low_level_block_out_channels]

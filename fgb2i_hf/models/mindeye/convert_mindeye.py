@@ -34,10 +34,10 @@ import math
 import os
 import pickle
 import re
-import shutil
 
 import torch
 
+from ...core import publish_folder, scratch_folder
 from .configuration_mindeye import MindEyeConfig
 from .modeling_mindeye import MindEyeModel
 from .prior import prior_scheduler
@@ -321,17 +321,13 @@ def convert_mindeye(prior_path: str, output_dir: str, low_level_path: str | None
     prior_sd = load_checkpoint(prior_path)
     low_sd = load_checkpoint(low_level_path) if low_level_path else None
     model, report = convert_state_dicts(prior_sd, low_sd, subject, **overrides)
-    tmp = output_dir.rstrip("/") + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    with open(os.path.join(tmp, "conversion.json"), "w", encoding="utf-8") as f:
+    scratch = scratch_folder(output_dir)
+    model.save_pretrained(scratch)
+    with open(os.path.join(scratch, "conversion.json"), "w", encoding="utf-8") as f:  # inside the scratch folder
         json.dump({"sources": {"prior": os.path.abspath(prior_path),
                                "low_level": os.path.abspath(low_level_path) if low_level_path else None},
                    **report}, f, indent=1)
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
+    publish_folder(scratch, output_dir)
     return model
 
 

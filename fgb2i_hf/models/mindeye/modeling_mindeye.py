@@ -27,7 +27,8 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_mindeye import MindEyeConfig, check_subject_name
+from ...core import as_betas
+from .configuration_mindeye import MindEyeConfig
 from .prior import MindEyeDiffusionPrior, MindEyePriorNetwork, PriorAttention, PriorLayerNorm
 
 
@@ -200,34 +201,10 @@ class MindEyeModel(PreTrainedModel):
 
     # -- inputs -----------------------------------------------------------------------------------------------
     def _check_brain_inputs(self, betas: torch.Tensor, subject: str | list[str]):
-        counts = self.config.voxel_counts
-        if not torch.is_tensor(betas) or betas.ndim != 2:
-            raise ValueError(f"betas must be a (B, V) tensor, got {type(betas).__name__} "
-                             f"{tuple(getattr(betas, 'shape', ()))}")
-        subjects = [subject] if isinstance(subject, str) else list(subject)
-        if not isinstance(subject, str) and len(subjects) != betas.shape[0]:
-            raise ValueError(f"subject lists {len(subjects)} names for {betas.shape[0]} rows of betas")
-        for s in dict.fromkeys(subjects):
-            check_subject_name(s)
-            if s not in counts:
-                raise ValueError(f"unknown subject {s!r}: the model has layers for {sorted(counts)}")
-        width = betas.shape[1]
-        if isinstance(subject, str):
-            if width != counts[subject]:
-                raise ValueError(f"betas have {width} columns but {subject} has {counts[subject]} voxels")
-        else:
-            need = max(counts[s] for s in subjects)
-            if width < need:
-                raise ValueError(f"betas have {width} columns but a row's subject needs {need} voxels")
-            lengths = torch.tensor([counts[s] for s in subjects], device=betas.device)
-            beyond = torch.arange(width, device=betas.device)[None, :] >= lengths[:, None]
-            bad = (betas.ne(0) & beyond).any(dim=1)
-            if bool(bad.any()):
-                i = int(torch.nonzero(bad)[0])
-                raise ValueError(f"row {i} ({subjects[i]}) has non-zero values after its {counts[subjects[i]]} voxels: "
-                                 "pad mixed-subject rows with zeros on the right")
+        """Validate betas/subject (:func:`fgb2i_hf.core.as_betas`); betas on the model's device and dtype."""
         reference = self.backbone.to_tokens.weight
-        return betas.to(reference.device, reference.dtype), subject if isinstance(subject, str) else subjects
+        return as_betas(betas, subject, voxel_counts=self.config.voxel_counts, device=reference.device,
+                        dtype=reference.dtype, allow_1d=False)
 
     # -- model ------------------------------------------------------------------------------------------------
     def encode(self, betas: torch.Tensor, subject: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:

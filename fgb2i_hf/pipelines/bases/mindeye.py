@@ -8,10 +8,15 @@ MindEye's code does): strength 0.85, 20 UniPC steps, guidance 3.5, zero uncondit
 (``Reconstructions.py``). FgB2I: MindEye has no text embedding to average with, so the paper's weighted average is
 taken where text and image conditioning meet, in the dual attention: text context = CLIP_text(caption), text
 weight = w.
+
+The MindEye model (``fgb2i_hf.models.mindeye``: backbone, diffusion prior, low-level head; trained with
+``recipes/train_mindeye.py`` or converted from the released checkpoints) is the pipeline's ``mindeye_model``.
 """
 
+from ...models.mindeye import MindEyeModel
+from ...tiny import tiny_mindeye
 from .backbones import VERSATILE_DIFFUSION
-from .spec import BaseSpec, register_base
+from .spec import BaseSpec, ComponentSpec, register_base
 
 MINDEYE = register_base(BaseSpec(
     name="mindeye",
@@ -26,4 +31,5 @@ MINDEYE = register_base(BaseSpec(
     pipeline_settings={"strength": 0.85, "num_inference_steps": 20, "guidance_scale": 3.5, "text_mix": None,
                        "uncond": "zeros", "init_normalization": "clip", "normalize_vision_embeds": True,
                        "base_text": "none"},
+    components={"mindeye_model": ComponentSpec(load=MindEyeModel.from_pretrained, tiny=tiny_mindeye)},
 ))

@@ -85,6 +85,31 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
+class ComponentSpec:
+    """A trained model a base's pipeline holds besides its backbone and ridge decoders (MindEye's model,
+    Brain-Diffuser's VDVAE).
+
+    Attributes:
+        load: ``(name_or_path) -> model``.
+        tiny: ``(seed=, voxel_counts=, backbone=) -> model`` with random weights fitting the backbone's components
+            (``"tiny-random"``; mechanics only), or None.
+        source: the target source (``BaseSpec.target_sources``) whose models this is: when a run does not name the
+            component, it is the model the base's decoders were fitted with (recorded beside them).
+    """
+
+    load: Callable[[str], Any]
+    tiny: Callable[..., Any] | None = None
+    source: str | None = None
+
+    def build(self, name_or_path, *, seed: int = 0, voxel_counts=None, backbone=None):
+        if name_or_path == TINY_RANDOM:
+            if self.tiny is None:
+                raise ValueError("this component has no tiny random stand-in")
+            return self.tiny(seed=seed, voxel_counts=voxel_counts, backbone=backbone)
+        return self.load(name_or_path)
+
+
+@dataclass(frozen=True)
 class BaseSpec:
     """A base method, as every stage of FgB2I needs to know it.
 
@@ -102,6 +127,8 @@ class BaseSpec:
             statistics before use (Brain-Diffuser's post-hoc step).
         pipeline_settings: keyword arguments of the pipeline's constructor that configure it for this base (saved
             in its ``model_index.json``), e.g. Versatile Diffusion's strength, text weight and fusion rule.
+        components: ``{pipeline component: ComponentSpec}``, the base's own trained models (MindEye's
+            ``mindeye_model``, Brain-Diffuser's ``vdvae``).
     """
 
     name: str
@@ -114,6 +141,7 @@ class BaseSpec:
     average_train: bool
     rescale_predictions: bool = False
     pipeline_settings: Mapping[str, Any] = field(default_factory=dict)
+    components: Mapping[str, ComponentSpec] = field(default_factory=dict)
 
     def __post_init__(self):
         names = [t.name for t in self.targets]
@@ -122,6 +150,9 @@ class BaseSpec:
         unknown = sorted({t.source for t in self.targets} - set(self.target_sources))
         if unknown:
             raise ValueError(f"base {self.name!r}: targets use sources {unknown} that target_sources does not define")
+        unknown = sorted({c.source for c in self.components.values() if c.source} - set(self.target_sources))
+        if unknown:
+            raise ValueError(f"base {self.name!r}: components name sources {unknown} that target_sources does not define")
 
     def target(self, name: str) -> TargetSpec:
         for target in self.targets:

@@ -10,7 +10,6 @@ images in a batch are not treated as negatives of each other.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ...clip import CLIPScorer
+from .loop import TrainLoop
 
 
 @dataclass
@@ -118,9 +118,6 @@ def evaluate_clip(scorer: CLIPScorer, split) -> dict:
 
 def train_clip(config: CLIPTrainingConfig, data, seed: int = 0, device: str = "cpu", progress: bool = True):
     """Train the world CLIP on ``data.train``; returns ``(CLIPScorer, record)`` with test retrieval in the record."""
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -134,11 +131,9 @@ def train_clip(config: CLIPTrainingConfig, data, seed: int = 0, device: str = "c
     train = data.train
     n = len(train)
     steps_per_epoch = math.ceil(n / config.clip_batch_size)
-    total = max(1, config.clip_epochs * steps_per_epoch)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(config.clip_warmup_steps, total // 2), total)
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255.0
-    start, losses = time.time(), []
-    with tqdm(total=total, desc="simnsd/clip", disable=not progress) as bar:
+    with TrainLoop(optimizer, model.parameters(), config.clip_epochs * steps_per_epoch, config.clip_warmup_steps,
+                   "simnsd/clip", progress) as loop:
         for epoch in range(config.clip_epochs):
             order = rng.permutation(n)
             for s in range(steps_per_epoch):
@@ -149,18 +144,10 @@ def train_clip(config: CLIPTrainingConfig, data, seed: int = 0, device: str = "c
                 x = shift_images(images[rows], config.clip_max_shift, generator).to(device)
                 image_emb = model.encode_image((x - scorer.mean) / scorer.std, normalize=True)
                 text_emb = model.encode_text(scorer.tokenize(texts), normalize=True)
-                loss = contrastive_loss(image_emb, text_emb, model.logit_scale, texts)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+                loop.step(contrastive_loss(image_emb, text_emb, model.logit_scale, texts), epoch=epoch)
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, math.log(100))
-                losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
     model.eval()
-    record = {"component": "simnsd/clip", "config": asdict(config), "seed": seed, "steps": total,
-              "train_seconds": round(time.time() - start, 1), "initial_loss": float(np.mean(losses[:5])), "final_loss": float(np.mean(losses[-20:])),
+    record = {"component": "simnsd/clip", "config": asdict(config), "seed": seed, **loop.summary(),
               "metrics": {"test": evaluate_clip(scorer, data.test)}}
     return scorer, record

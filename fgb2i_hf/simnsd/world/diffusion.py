@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core import save_png_atomic
+from .loop import TrainLoop, update_ema
 from .vae import encode_latents, to_vae_input
 
 
@@ -109,28 +111,25 @@ def build_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
 def train_denoiser(unet, scheduler, latent_mean: torch.Tensor, latent_std: torch.Tensor, scaling_factor: float,
                    conditioning, *, steps: int, batch_size: int, learning_rate: float, warmup_steps: int,
                    ema_decay: float, rng: np.random.Generator, generator: torch.Generator, device="cpu",
-                   desc: str = "unet", progress: bool = True):
+                   desc: str = "unet", progress: bool = True, start: float | None = None):
     """Train ``unet`` as SD's denoiser with v-prediction on the VAE posteriors ``(latent_mean, latent_std)``
-    (N, C, h, w), unscaled; returns ``(EMA copy of the UNet (eval), per-step losses)``.
+    (N, C, h, w), unscaled; returns ``(EMA copy of the UNet (eval), the finished TrainLoop)`` (its ``losses``
+    and ``summary()``; ``start``: the time its wall time counts from).
 
     Each step draws ``batch_size`` image rows with ``rng``, asks ``conditioning(rows)`` for the
     ``encoder_hidden_states`` (it may use ``rng`` and set per-example state on the UNet, such as the dual
     attention's text weights), samples latents, noise and timesteps with ``generator``, and takes an AdamW step
-    (cosine schedule with warm-up, gradient norm clipped at 1); the EMA follows the weights with a warm-up decay
-    ``min(ema_decay, (1 + step) / (10 + step))``.
+    (``TrainLoop``: cosine schedule with warm-up, gradient norm clipped at 1); the EMA follows the weights with a
+    warm-up decay ``min(ema_decay, (1 + step) / (10 + step))``.
     """
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=0.01)
-    total = max(1, steps)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(warmup_steps, total // 2), total)
     alphas_cumprod = scheduler.alphas_cumprod
     num_train_timesteps = scheduler.config.num_train_timesteps
-    n, losses = len(latent_mean), []
-    with tqdm(total=total, desc=desc, disable=not progress) as bar:
-        for step in range(total):
+    n = len(latent_mean)
+    with TrainLoop(optimizer, unet.parameters(), steps, warmup_steps, desc, progress, grad_clip=1.0, window=50,
+                   digits=4, start=start) as loop:
+        for step in range(loop.steps):
             rows = rng.choice(n, batch_size, replace=n < batch_size)
             cond = conditioning(rows)
             z = (latent_mean[rows] + latent_std[rows] * torch.randn(latent_mean[rows].shape, generator=generator))
@@ -141,20 +140,9 @@ def train_denoiser(unet, scheduler, latent_mean: torch.Tensor, latent_std: torch
             s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
             noisy, target = a * z + s * noise, a * noise - s * z  # v = alpha * eps - sigma * x0
             pred = unet(noisy.to(device), t.to(device), cond.to(device)).sample
-            loss = F.mse_loss(pred, target.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), unet.parameters()):
-                    e.lerp_(p, 1 - decay)
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-    return ema, losses
+            loop.step(F.mse_loss(pred, target.to(device)))
+            update_ema(ema, unet, min(ema_decay, (1 + step) / (10 + step)))
+    return ema, loop
 
 
 def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, seed: int = 0, device: str = "cpu",
@@ -196,16 +184,15 @@ def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, s
         cond[drop] = empty
         return cond
 
-    ema, losses = train_denoiser(
+    ema, loop = train_denoiser(
         unet, scheduler, mean, std, vae.config.scaling_factor, conditioning, steps=config.unet_steps,
         batch_size=config.unet_batch_size, learning_rate=config.unet_learning_rate,
         warmup_steps=config.unet_warmup_steps, ema_decay=config.unet_ema_decay, rng=rng, generator=generator,
-        device=device, desc="simnsd/diffusion unet", progress=progress)
-    total = max(1, config.unet_steps)
+        device=device, desc="simnsd/diffusion unet", progress=progress, start=start)
     pipe = build_pipeline(vae, text_encoder, tokenizer, ema.to("cpu"), scheduler)
-    record = {"config": asdict(config), "seed": seed, "steps": total, "train_seconds": round(time.time() - start, 1),
-              "text_and_latent_encoding_seconds": round(encode_seconds, 1),
-              "final_loss": float(np.mean(losses[-50:])), "train_pairs": len(texts),
+    losses = loop.losses
+    record = {"config": asdict(config), "seed": seed, **loop.summary(),
+              "text_and_latent_encoding_seconds": round(encode_seconds, 1), "train_pairs": len(texts),
               "loss_curve": [round(float(np.mean(losses[i: i + 100])), 4) for i in range(0, len(losses), 100)]}
     return pipe, record
 
@@ -325,6 +312,6 @@ def sample_grid(pipe, split, path: str, n: int = 8, seed: int = 0, **render_kwar
         lines.append(line)
         draw.text((4, y + size + 1), "\n".join(lines[:2] + [f"COCO: {coco[r]}"][: 3 - min(len(lines), 2)]),
                   fill=(0, 0, 0))
-    canvas.save(path)
+    save_png_atomic(canvas, path)
     return path
 

@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import torch
 
-from ...core import resolve_pretrained
+from ...core import resolve_pretrained, save_png_atomic
 from .data import load_world_data
 
 
@@ -82,5 +82,5 @@ def retrieval_figure(scorer, split, path: str, n: int = 6, k: int = 3, fine: boo
             wrapped = textwrap.wrap(f"{rank + 1}{mark} {sims[r, j]:.2f}  {texts[j]}", 88)
             lines += wrapped[:2]
         draw.multiline_text((size + 12, y + 2), "\n".join(lines[:7]), fill=(0, 0, 0), spacing=2)
-    canvas.save(path)
+    save_png_atomic(canvas, path)
     return path

@@ -10,11 +10,12 @@ stands where the brain prefix will stand), loss on the caption and its end token
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+
+from .loop import TrainLoop
 
 
 @dataclass
@@ -67,8 +68,7 @@ def perplexity(model, tokenizer, texts, batch_size: int = 256, device="cpu") -> 
 
 def train_gpt2(config: GPT2TrainingConfig, data, seed: int = 0, device: str = "cpu", progress: bool = True):
     """Train tokenizer and model on ``data.train`` captions; returns ``(model, tokenizer, record)``."""
-    from tqdm.auto import tqdm
-    from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     from ...tokenization import train_caption_tokenizer
 
@@ -86,24 +86,14 @@ def train_gpt2(config: GPT2TrainingConfig, data, seed: int = 0, device: str = "c
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.gpt2_learning_rate,
                                   weight_decay=config.gpt2_weight_decay)
     steps_per_epoch = math.ceil(len(texts) / config.gpt2_batch_size)
-    total = max(1, config.gpt2_epochs * steps_per_epoch)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(config.gpt2_warmup_steps, total // 2), total)
-    start, losses = time.time(), []
-    with tqdm(total=total, desc="simnsd/gpt2", disable=not progress) as bar:
+    with TrainLoop(optimizer, model.parameters(), config.gpt2_epochs * steps_per_epoch, config.gpt2_warmup_steps,
+                   "simnsd/gpt2", progress, grad_clip=1.0) as loop:
         for epoch in range(config.gpt2_epochs):
             order = rng.permutation(len(texts))
             for s in range(steps_per_epoch):
                 rows = order[s * config.gpt2_batch_size: (s + 1) * config.gpt2_batch_size]
                 input_ids, mask, labels = _batch(tokenizer, [texts[i] for i in rows], device)
-                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
+                loop.step(model(input_ids=input_ids, attention_mask=mask, labels=labels).loss, epoch=epoch)
     model.eval()
     test = data.test
     metrics = {"test_perplexity": perplexity(model, tokenizer, test.all_captions(fine=True), device=device),
@@ -114,7 +104,6 @@ def train_gpt2(config: GPT2TrainingConfig, data, seed: int = 0, device: str = "c
                                                            device=device),
                "train_perplexity": perplexity(model, tokenizer, texts[:2000], device=device),
                "vocab_size": len(tokenizer)}
-    record = {"component": "simnsd/gpt2", "config": asdict(config), "seed": seed, "steps": total,
-              "train_seconds": round(time.time() - start, 1), "initial_loss": float(np.mean(losses[:5])), "final_loss": float(np.mean(losses[-20:])),
+    record = {"component": "simnsd/gpt2", "config": asdict(config), "seed": seed, **loop.summary(),
               "metrics": metrics}
     return model, tokenizer, record

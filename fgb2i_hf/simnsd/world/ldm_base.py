@@ -61,9 +61,9 @@ def fit_ldm_base(config: LDMBaseConfig, nsd_root: str, diffusion_model: str, out
         shutil.copytree(os.path.join(fit_dir, subject), os.path.join(output_folder, subject))
     for name in ("metrics.json", "fit_decoders.yaml"):
         shutil.copy2(os.path.join(fit_dir, name), os.path.join(output_folder, name))
-    summary = {subject: {target: {"test_column_r": round(s["test"]["column_r"], 4),
-                                  "test_image_r": round(s["test"]["image_r"], 4),
-                                  "test_column_r2": round(s["test"]["column_r2"], 4)}
+    summary = {subject: {target: {"validation_column_r": round(s["validation"]["column_r"], 4),
+                                  "validation_image_r": round(s["validation"]["image_r"], 4),
+                                  "validation_column_r2": round(s["validation"]["column_r2"], 4)}
                          for target, s in by_target.items()} for subject, by_target in metrics.items()}
     return {"config": asdict(config), "seed": seed, "diffusion_model": diffusion_model,
-            "train_seconds": round(time.time() - start, 1), "metrics": {"test": summary}}
+            "train_seconds": round(time.time() - start, 1), "metrics": {"validation": summary}}

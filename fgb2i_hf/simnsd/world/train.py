@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...core import world_dir
+from ...core import publish_folder, scratch_folder, world_dir
 from .clip import CLIPTrainingConfig, train_clip
 from .data import load_world_data, simulate_world_nsd
 from .diffusion import UNetTrainingConfig, evaluate_diffusion, sample_grid, train_unet
 from .gpt2 import GPT2TrainingConfig, train_gpt2
-from .io import compact_clip_tokenizer, folder_bytes, halve_safetensors, publish_folder, scratch_folder, write_record
+from .io import compact_clip_tokenizer, folder_bytes, halve_safetensors, write_record
 from .ldm_base import LDMBaseConfig, fit_ldm_base
 from .mindeye import WorldMindEyeConfig, train_world_mindeye
 from .text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer

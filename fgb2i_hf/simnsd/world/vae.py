@@ -10,12 +10,12 @@ UNet sees unit-variance latents.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+
+from .loop import TrainLoop
 
 
 @dataclass
@@ -87,9 +87,6 @@ def reconstruction_error(vae, images: np.ndarray, device="cpu", batch_size: int 
 
 def train_vae(config: VAETrainingConfig, data, seed: int = 0, device: str = "cpu", progress: bool = True):
     """Train the VAE on ``data.train`` images; returns ``(AutoencoderKL, record)`` with its ``scaling_factor`` set."""
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     images = data.train.images
@@ -98,36 +95,25 @@ def train_vae(config: VAETrainingConfig, data, seed: int = 0, device: str = "cpu
     if config.vae_crop_size % multiple:
         raise ValueError(f"vae_crop_size must be a multiple of {multiple}, got {config.vae_crop_size}")
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
-    total = max(1, config.vae_steps)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(config.vae_warmup_steps, total // 2), total)
-    start, losses = time.time(), []
-    with tqdm(total=total, desc="simnsd/diffusion vae", disable=not progress) as bar:
-        for step in range(total):
+    with TrainLoop(optimizer, vae.parameters(), config.vae_steps, config.vae_warmup_steps, "simnsd/diffusion vae",
+                   progress, grad_clip=1.0, digits=4) as loop:
+        for step in range(loop.steps):
             rows = rng.choice(len(images), config.vae_batch_size, replace=len(images) < config.vae_batch_size)
             x = to_vae_input(images[rows])
-            if step < total - config.vae_full_image_steps:
+            if step < loop.steps - config.vae_full_image_steps:
                 x = _crops(x, config.vae_crop_size, multiple, rng)
             x = x.to(device)
             posterior = vae.encode(x).latent_dist
             z = posterior.sample(generator=None)
             recon = vae.decode(z).sample
             kl = 0.5 * (posterior.mean**2 + posterior.var - 1.0 - posterior.logvar).mean()
-            loss = (recon - x).abs().mean() + config.vae_kl_weight * kl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", kl=f"{kl.item():.2f}")
+            loop.step((recon - x).abs().mean() + config.vae_kl_weight * kl, kl=f"{kl.item():.2f}")
     vae.eval()
     mean, std = encode_latents(vae, images, device=device)
     samples = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
     scaling_factor = float(1.0 / samples.std())
     vae.register_to_config(scaling_factor=scaling_factor)
-    record = {"config": asdict(config), "seed": seed, "steps": total, "train_seconds": round(time.time() - start, 1),
-              "initial_loss": float(np.mean(losses[:5])), "final_loss": float(np.mean(losses[-20:])), "scaling_factor": scaling_factor,
+    record = {"config": asdict(config), "seed": seed, **loop.summary(), "scaling_factor": scaling_factor,
               "latent_shape": list(mean.shape[1:]), "posterior_std_mean": float(std.mean()),
               "metrics": {"test_reconstruction": reconstruction_error(vae, data.test.images, device=device),
                           "train_reconstruction": reconstruction_error(vae, images[:200], device=device)}}

@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ...core import save_png_atomic
+from .loop import TrainLoop, update_ema
+
 
 @dataclass
 class VDVAETrainingConfig:
@@ -107,9 +110,6 @@ def reconstruction_metrics(model, images: np.ndarray, mean_image: np.ndarray, se
 
 def train_vdvae(config: VDVAETrainingConfig, data, seed: int = 0, device: str = "cpu", progress: bool = True):
     """Train on ``data.train`` images; returns ``(EMA VDVAEModel (eval, on CPU), record)``."""
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     images = data.train.images
@@ -118,44 +118,37 @@ def train_vdvae(config: VDVAETrainingConfig, data, seed: int = 0, device: str = 
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.vdvae_learning_rate,
                                   weight_decay=config.vdvae_weight_decay, betas=(0.9, config.vdvae_adam_beta2))
-    total = max(1, config.vdvae_steps)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(config.vdvae_warmup_steps, total // 2), total)
     generator = torch.Generator(device=device).manual_seed(seed)
-    start, losses, skipped, grad_norms = time.time(), [], 0, []
-    with tqdm(total=total, desc="simnsd/vdvae", disable=not progress) as bar:
-        for step in range(total):
+    skipped, grad_norms = 0, []
+    # VDVAE's update skipping: the step (and the EMA) are dropped when the loss or gradient norm is not finite
+    # or the norm exceeds the threshold; the schedule advances anyway.
+    with TrainLoop(optimizer, model.parameters(), config.vdvae_steps, config.vdvae_warmup_steps, "simnsd/vdvae",
+                   progress, grad_clip=config.vdvae_grad_clip, window=50) as loop:
+        for _ in range(loop.steps):
             rows = rng.choice(len(images), config.vdvae_batch_size, replace=len(images) < config.vdvae_batch_size)
             out = model(to_unit(images[rows]).to(device), generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.vdvae_grad_clip))
+            norm = float(loop.backward(out.loss))
             grad_norms.append(norm)
             loss = out.loss.item()
             finite = math.isfinite(loss) and math.isfinite(norm)
             if finite and (config.vdvae_skip_threshold < 0 or norm < config.vdvae_skip_threshold):
                 optimizer.step()
-                with torch.no_grad():
-                    for p_ema, p in zip(ema.parameters(), model.parameters()):
-                        p_ema.lerp_(p, 1.0 - config.vdvae_ema_rate)
+                update_ema(ema, model, config.vdvae_ema_rate)
             else:
                 skipped += 1
-            schedule.step()
-            losses.append(loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", rate=f"{out.rate.item():.3f}", skipped=skipped)
-    train_seconds = time.time() - start
+            loop.end_step(loss, rate=f"{out.rate.item():.3f}", skipped=skipped)
+    summary = loop.summary()
     ema = ema.to("cpu")
     mean_image = pixels.mean(0)
-    record = {"config": asdict(config), "seed": seed, "steps": total, "skipped_updates": skipped,
-              "train_seconds": round(train_seconds, 1), "initial_loss": float(np.mean(losses[:5])),
-              "final_loss": float(np.mean(losses[-50:])), "max_grad_norm": float(np.max(grad_norms)),
+    record = {"config": asdict(config), "seed": seed, **summary, "skipped_updates": skipped,
+              "max_grad_norm": float(np.max(grad_norms)),
               "parameters": sum(p.numel() for p in ema.parameters()),
               "pixel_mean": float(ema.config.pixel_mean), "pixel_std": float(ema.config.pixel_std),
               "latent_shapes": [list(s) for s in ema.latent_shapes()],
               "target_size": ema.arch.latent_size(ema.config.num_target_layers),
               "metrics": {"test": reconstruction_metrics(ema, data.test.images, mean_image, seed=seed),
                           "train_first_100": reconstruction_metrics(ema, images[:100], mean_image, seed=seed)}}
-    record["eval_seconds"] = round(time.time() - start - train_seconds, 1)
+    record["eval_seconds"] = round(time.time() - loop.start - summary["train_seconds"], 1)
     return ema, record
 
 
@@ -174,5 +167,5 @@ def reconstruction_figure(model, images: np.ndarray, path: str, seed: int = 0, s
             model.sample(len(x), generator=generator(), output="mean")]
     grid = torch.cat([torch.cat(list(row), 2) for row in rows], 1).permute(1, 2, 0).numpy()
     image = Image.fromarray((grid * 255).round().astype(np.uint8))
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+    save_png_atomic(image.resize((image.width * scale, image.height * scale), Image.NEAREST), path)
     return path

@@ -189,18 +189,18 @@ def train_versatile(config: VersatileTrainingConfig, data, clip_scorer, diffusio
         set_text_weights(unet, weights[rng.integers(len(weights), size=len(rows))], text_tokens, vision_tokens)
         return torch.cat([text_context, vision_context], dim=1)
 
-    ema, losses = train_denoiser(
+    ema, loop = train_denoiser(
         unet, pipe.scheduler, mean, std, pipe.vae.config.scaling_factor, conditioning, steps=config.vd_steps,
         batch_size=config.vd_batch_size, learning_rate=config.vd_learning_rate, warmup_steps=config.vd_warmup_steps,
         ema_decay=config.vd_ema_decay, rng=rng, generator=generator, device=device, desc="simnsd/versatile unet",
-        progress=progress)
+        progress=progress, start=start)
     pipe = versatile_pipeline(ema.to("cpu"), **{k: v for k, v in pipe.components.items()
                                                 if k in components}).to("cpu")
-    record = {"config": asdict(config), "seed": seed, "steps": max(1, config.vd_steps),
-              "train_seconds": round(time.time() - start, 1), "context_and_latent_encoding_seconds":
-              round(encode_seconds, 1), "train_pairs": len(texts), "unet_parameters": sum(
-                  p.numel() for p in ema.parameters()), "text_tokens": text_tokens, "vision_tokens": vision_tokens,
-              "initial_loss": float(np.mean(losses[:50])), "final_loss": float(np.mean(losses[-50:])),
+    losses = loop.losses
+    record = {"config": asdict(config), "seed": seed, **loop.summary(),
+              "context_and_latent_encoding_seconds": round(encode_seconds, 1), "train_pairs": len(texts),
+              "unet_parameters": sum(p.numel() for p in ema.parameters()), "text_tokens": text_tokens,
+              "vision_tokens": vision_tokens,
               "loss_curve": [round(float(np.mean(losses[i: i + 100])), 4) for i in range(0, len(losses), 100)]}
     return pipe, record
 
