@@ -16,14 +16,16 @@ from fgb2i_hf.drivers.fit import FitDecodersConfig, fit_decoders
 def main(argv=None):
     (config,) = TrlParser((FitDecodersConfig,)).parse_args_and_config(argv)
     metrics = fit_decoders(config)
-    print(f"{'subject':8} {'target':12} {'alpha (most chosen)':>20} {'cv R2':>7} {'test r':>7} {'test R2':>8}")
+    split = config.score_split  # the decoders are scored on it (validation by default; the test split is final)
+    print(f"{'subject':8} {'target':12} {'alpha (most chosen)':>20} {'cv R2':>7} {split + ' r':>14} {'R2':>7}")
     for subject, by_target in metrics.items():
         for target, scores in by_target.items():
             fit = scores["fit"]
             alpha = max(fit["alpha_counts"], key=fit["alpha_counts"].get)
             cv_r2 = "-" if fit["cv_r2_mean"] is None else f"{fit['cv_r2_mean']:.3f}"
-            test = scores["test"]
-            print(f"{subject:8} {target:12} {alpha:>20} {cv_r2:>7} {test['column_r']:7.3f} {test['column_r2']:8.3f}")
+            held_out = scores[split]
+            print(f"{subject:8} {target:12} {alpha:>20} {cv_r2:>7} {held_out['column_r']:14.3f} "
+                  f"{held_out['column_r2']:7.3f}")
     print(f"decoders, metrics.json and fit_decoders.yaml in {config.output_dir}")
 
 

@@ -43,9 +43,9 @@ def summary_lines(records: dict) -> list[str]:
                          f"{metrics['test_perplexity_coco_captions']:.2f}, fine {metrics['test_perplexity_fine_captions']:.2f})")
         elif component == "diffusion":
             lines.append("  " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
-        elif component == "ldm_base":
-            for subject, targets in metrics.items():
-                lines.append(f"  {subject}: " + ", ".join(f"{t} test r {v['test_column_r']:.3f}"
+        elif component == "ldm_base":  # decoders are scored on the validation split (the test split is final)
+            for subject, targets in record["metrics"]["validation"].items():
+                lines.append(f"  {subject}: " + ", ".join(f"{t} validation r {v['validation_column_r']:.3f}"
                                                           for t, v in targets.items()))
         elif component == "vdvae":
             lines.append("  " + ", ".join(f"{name} MSE {metrics[name]['mse']:.4f} PixCorr {metrics[name]['pixcorr']:.3f}"

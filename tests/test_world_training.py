@@ -9,7 +9,7 @@ import torch
 
 from fgb2i_hf.core import versions
 from fgb2i_hf.simnsd.world.clip import CLIPTrainingConfig, contrastive_loss, train_clip
-from fgb2i_hf.simnsd.world.data import load_world_data
+from fgb2i_hf.simnsd.world.data import SIMNSD_SUBJECTS, load_world_data
 from fgb2i_hf.simnsd.world.diffusion import UNetTrainingConfig, background_of, render, train_unet
 from fgb2i_hf.simnsd.world.gpt2 import GPT2TrainingConfig, perplexity, train_gpt2
 from fgb2i_hf.simnsd.world.text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer
@@ -42,8 +42,15 @@ def world_data(simnsd_root, nsd_cache_dir):
     return load_world_data(simnsd_root, cache_dir=nsd_cache_dir)
 
 
-def test_world_data_splits(world_data):
+def test_world_data_splits(world_data, simnsd_root, nsd_cache_dir):
+    from fgb2i_hf.data import load_nsd
+
+    # the world pretrains on every non-shared image: NSD's train and validation images (simnsd/world/data.py)
     assert len(world_data.train) == 2600 and len(world_data.test) == 100  # 4 x 650 own images; 100 shared
+    rows = load_nsd(simnsd_root, subjects=list(SIMNSD_SUBJECTS), cache_dir=nsd_cache_dir)
+    validation = set(rows["validation"]["nsd_id"])
+    assert 0 < len(validation) < 0.1 * 2600 and validation <= set(world_data.train.nsd_ids.tolist())
+    assert set(world_data.train.nsd_ids.tolist()) == set(rows["train"]["nsd_id"]) | validation
     assert not set(world_data.train.nsd_ids.tolist()) & set(world_data.test.nsd_ids.tolist())
     assert world_data.train.images.shape == (2600, 64, 64, 3) and world_data.train.images.dtype == np.uint8
     assert all(len(c) == 5 for c in world_data.test.captions) and all(len(f) == 1 for f in world_data.test.fine_captions)

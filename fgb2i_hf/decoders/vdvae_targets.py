@@ -63,13 +63,13 @@ class VDVAETargetExtractor(TargetExtractor):
         super().__init__(device, dtype, name_or_path)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs):
+    def from_pretrained(cls, name_or_path: str, *, revision: str | None = None, **kwargs):
         """A ``VDVAEModel`` folder (``convert_vdvae``'s output, ``simnsd/vdvae``) or a saved extractor."""
         from ..models.vdvae import VDVAEModel
 
         path = resolve_pretrained(name_or_path)
         subfolder = "vdvae" if os.path.isdir(os.path.join(path, "vdvae")) else None
-        return cls(VDVAEModel.from_pretrained(path, subfolder=subfolder), name_or_path=name_or_path,
+        return cls(VDVAEModel.from_pretrained(path, subfolder=subfolder, revision=revision), name_or_path=name_or_path,
                    **cls._saved_kwargs(path, kwargs))
 
     @property

@@ -50,7 +50,7 @@ class VersatileTrainingConfig:
     vd_attention_heads: int = field(default=4, metadata={"help": "Attention heads per transformer."})
     vd_layers_per_block: int = field(default=1, metadata={"help": "ResNet blocks per level (down path)."})
     vd_norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups."})
-    vd_steps: int = field(default=2400, metadata={"help": "Optimiser steps."})
+    vd_steps: int = field(default=1200, metadata={"help": "Optimiser steps."})
     vd_batch_size: int = field(default=32, metadata={"help": "Latents per step."})
     vd_learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
     vd_warmup_steps: int = field(default=200, metadata={"help": "Linear warm-up steps."})
@@ -245,12 +245,59 @@ def generate(pipe, text_context, vision_context, *, text_weight: float | None = 
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def denoising_loss(pipe, images: np.ndarray, text_context, vision_context, text_weight: float, *, seed: int = 0,
+                   timesteps: int = 8, batch_size: int = 50) -> float:
+    """Mean v-prediction MSE of the UNet (the training loss) on uint8 ``images`` (N, H, W, 3) conditioned on per-row
+    contexts (N, tokens, D) at one ``text_weight``: each image's posterior mean, noised at ``timesteps`` evenly
+    spaced timesteps with noise from ``torch.Generator().manual_seed(seed)`` (the same noise for every context, so
+    two contexts' losses differ only by the conditioning)."""
+    unet, scheduler = pipe.image_unet, pipe.scheduler
+    mean, _ = encode_latents(pipe.vae, images)
+    z = mean * pipe.vae.config.scaling_factor
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((timesteps, *z.shape), generator=generator)
+    steps = torch.linspace(0, scheduler.config.num_train_timesteps - 1, timesteps).round().long()
+    alphas = scheduler.alphas_cumprod
+    total = 0.0
+    for k, t in enumerate(steps):
+        a, s = alphas[t].sqrt(), (1 - alphas[t]).sqrt()
+        for i in range(0, len(z), batch_size):
+            rows = slice(i, i + batch_size)
+            n = len(z[rows])
+            set_text_weights(unet, [text_weight] * n, text_context.shape[1], vision_context.shape[1])
+            noisy, target = a * z[rows] + s * noise[k, rows], a * noise[k, rows] - s * z[rows]
+            context = torch.cat([text_context[rows], vision_context[rows]], dim=1)
+            pred = unet(noisy, t.repeat(n), context).sample
+            total += float(((pred - target) ** 2).mean()) * n
+    return total / (timesteps * len(z))
+
+
+def denoising_losses(pipe, split, n: int = 100, seed: int = 0) -> dict:
+    """The loss of :func:`denoising_loss` on the first ``n`` images of a split, each stream with its own context and
+    with the next image's (a control), and unconditioned: ``image_stream`` (text weight 0: the image's vision
+    context), ``text_stream`` (text weight 1: its fine caption's text context), ``unconditional``."""
+    truth = split.images[:n]
+    fine = [(f[0] if f else c[0]) for c, f in zip(split.captions[:n], split.fine_captions[:n])]
+    vision, text = vision_contexts(pipe, truth), text_contexts(pipe, fine)
+    uncond_text, uncond_vision = (c.float().cpu() for c in pipe.unconditional_contexts(len(truth), torch.float32))
+
+    def loss(text_context, vision_context, weight):
+        return round(denoising_loss(pipe, truth, text_context, vision_context, weight, seed=seed), 5)
+
+    return {"n": len(truth), "image_stream": loss(uncond_text, vision, 0.0),
+            "image_stream_next_image": loss(uncond_text, vision.roll(-1, 0), 0.0),
+            "text_stream": loss(text, uncond_vision, 1.0), "text_stream_next_image": loss(text.roll(-1, 0),
+                                                                                          uncond_vision, 1.0),
+            "unconditional": loss(uncond_text, uncond_vision, 0.0)}
+
+
 def evaluate_versatile(pipe, split, clip_scorer, n: int = 100, seed: int = 0, num_inference_steps: int = 25,
                        guidance_scale: float = 4.0) -> dict:
     """On the first ``n`` images of a split (CLIP two-way identification against the ground truth, chance 0.5):
 
     * ``image_variation``: from each image's vision context, text weight 0; its control ``..._next_image``: each
-      image drawn from the next image's context and scored against its own ground truth (below chance);
+      image drawn from the next image's context and scored against its own ground truth (chance: 0.5);
     * ``text_to_image``: from the fine caption's text context, text weight 1 (also the background's accuracy
       against the caption's);
     * ``img2img``: Brain-Diffuser's call (strength 0.75, text weight 0.4, guidance 7.5, 50 DDIM steps) from the
