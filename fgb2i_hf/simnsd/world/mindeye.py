@@ -70,9 +70,11 @@ class WorldMindEyeConfig:
         """The ``MindEyeRunConfig`` of the world run: targets from ``versatile_path`` at its image size."""
         from transformers import CLIPImageProcessor
 
+        from ...core import resolve_pretrained
         from ...drivers.mindeye import MindEyeRunConfig
 
-        size = CLIPImageProcessor.from_pretrained(versatile_path, subfolder="image_feature_extractor").crop_size
+        size = CLIPImageProcessor.from_pretrained(resolve_pretrained(versatile_path),
+                                                  subfolder="image_feature_extractor").crop_size
         return MindEyeRunConfig(
             nsd_root=nsd_root, output_dir=output_dir, subjects=list(self.mindeye_subjects), cache_dir=cache_dir,
             max_train_rows=self.mindeye_max_train_rows,

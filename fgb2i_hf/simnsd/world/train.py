@@ -167,7 +167,10 @@ def train_world(config: TrainWorldConfig, clip: CLIPTrainingConfig | None = None
     if "mindeye" in config.components:
         final = os.path.join(output_dir, "mindeye")
         scratch = scratch_folder(final)
-        record = train_world_mindeye(mindeye, nsd_root, os.path.join(output_dir, "versatile"), scratch,
+        # the shipped world's VD by its name, so the model's record names no machine's folder
+        versatile_path = "simnsd/versatile" if output_dir == os.path.abspath(world_dir()) else os.path.join(
+            output_dir, "versatile")
+        record = train_world_mindeye(mindeye, nsd_root, versatile_path, scratch,
                                      os.path.join(config.work_dir, "mindeye_run"), clip_path=os.path.join(
                                          output_dir, "clip"), seed=config.seed, device=device, cache_dir=cache_dir,
                                      progress=progress)
