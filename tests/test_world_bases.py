@@ -52,7 +52,7 @@ def mindeye_scores(simnsd_root, nsd_cache_dir, simnsd_dataset, tmp_path_factory)
     from fgb2i_hf.simnsd.world.mindeye import WorldMindEyeConfig
 
     model = MindEyeModel.from_pretrained(resolve_pretrained("simnsd/mindeye")).eval()
-    run = WorldMindEyeConfig().run_config(simnsd_root, resolve_pretrained("simnsd/versatile"),
+    run = WorldMindEyeConfig().run_config(simnsd_root, "simnsd/versatile",
                                           str(tmp_path_factory.mktemp("mindeye_targets")), seed=0, device="cpu",
                                           cache_dir=nsd_cache_dir, progress=False)
     betas, subjects, ids, _ = split_arrays(simnsd_dataset["test"], [SUBJECT])
