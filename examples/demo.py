@@ -4,9 +4,10 @@ Steps: simulate SimNSD in NSD's raw layout -> build the NSD datasets -> summaris
 brain-to-text model with cross-entropy (stage 1, recipes/configs/sim_tiny.yaml) and compare its decoded test
 captions with the truth and with the shuffled-brain control -> stage 2: REINFORCE co-training from the stage-1
 model (recipes/train_rl.py with recipes/configs/sim_tiny_rl.yaml, a short run) and the CE vs CE+RL table ->
-decode and score the test captions of both stages beside the control and the noise-free ceiling -> reconstruct
-test images with the LDM base and LDM + FgB2I on the shipped SimNSD world -> the eight image metrics ->
-<output_dir>/report.md and grid.png (GT | base | FgB2I).
+decode and score the test captions of both stages beside the control and the noise-free ceiling -> fit
+Brain-Diffuser's ridge decoders in the world's spaces -> reconstruct test images with the LDM, Brain-Diffuser and
+MindEye bases, each without and with FgB2I, on the shipped SimNSD world -> the eight image metrics ->
+<output_dir>/report.md and grid.png (GT | LDM | LDM + FgB2I; the other bases' grids under compare/).
 
     python examples/demo.py --output-dir demo_output
 """
@@ -34,6 +35,7 @@ SUBJECTS = ["subj01", "subj02", "subj05", "subj07"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIM_TINY = os.path.join(HERE, os.pardir, "recipes", "configs", "sim_tiny.yaml")
 SIM_TINY_RL = os.path.join(HERE, os.pardir, "recipes", "configs", "sim_tiny_rl.yaml")
+DECODERS_BD_WORLD = os.path.join(HERE, os.pardir, "recipes", "configs", "decoders_brain_diffuser_sim_world.yaml")
 
 
 def step_simulate(output_dir: str, seed: int = 0, fresh: bool = False) -> str:
@@ -287,60 +289,73 @@ def caption_table(root: str, dd, ce_dir: str, rl_dir: str, clip, ce_only_dir: st
     return rows, captions
 
 
-def step_reconstruct(root: str, dd, output_dir: str, rl_dir: str, subject: str = "subj01", n_images: int = 16,
-                     w: float = 0.5, fresh: bool = False) -> dict:
-    """LDM-style reconstruction of ``n_images`` test images of ``subject`` with the shipped SimNSD world: the base
-    (ridge z and c, w = 0) and base + FgB2I (the stage-2 model's caption fused with c at weight ``w``)."""
-    import shutil
+def step_fit_brain_diffuser(root: str, output_dir: str, fresh: bool = False) -> str:
+    """Brain-Diffuser's ridge decoders of subj01 in the world's spaces (recipes/configs/
+    decoders_brain_diffuser_sim_world.yaml: simnsd/versatile's CLIP text and vision embeddings, simnsd/vdvae's
+    latents); reused when a finished fit (its data contract) is there."""
+    import yaml
 
-    from fgb2i_hf.drivers.reconstruct import ReconstructConfig, reconstruct
-    from fgb2i_hf.core import resolve_pretrained
+    from fgb2i_hf.drivers.fit import FitDecodersConfig, fit_decoders
 
-    out = os.path.join(output_dir, "reconstruct")
+    out = os.path.join(output_dir, "decoders_brain_diffuser")
     if fresh and os.path.isdir(out):
         shutil.rmtree(out)
-    config = ReconstructConfig(nsd_root=root, output_dir=out, base="ldm", subject=subject, split="test",
-                               max_samples=n_images, diffusion_model="simnsd/diffusion",
-                               decoders_dir=resolve_pretrained("simnsd/ldm_base"),
-                               brain_model=os.path.join(rl_dir, "final"), w=w, batch_size=8, device="cpu",
-                               grid_rows=8, seed=0)
-    print(f"\n[reconstruct] {subject}, {n_images} test images: LDM base (ridge z + c) vs LDM + FgB2I (w = {w:g}), "
-          "simnsd/diffusion + simnsd/ldm_base")
+    if os.path.isfile(os.path.join(out, "data_contract.json")):
+        print(f"[fit Brain-Diffuser decoders] reusing {out}")
+        return out
+    with open(DECODERS_BD_WORLD, encoding="utf-8") as f:
+        options = yaml.safe_load(f)
+    config = FitDecodersConfig(**{**options, "nsd_root": root, "output_dir": out,
+                                  "cache_dir": os.path.join(output_dir, "hf_datasets")})
     t = time.time()
-    summary = reconstruct(config, dataset=dd["test"])
-    print(f"[reconstruct] {summary['reconstructed_now']} images now ({time.time() - t:.1f} s); grid in "
-          f"{summary['grid']}")
-    return summary
+    metrics = fit_decoders(config, progress=False)
+    scores = ", ".join(f"{target} r {m['validation']['column_r']:.2f}" for target, m in metrics["subj01"].items())
+    print(f"[fit Brain-Diffuser decoders] subj01 ({scores}, validation) in {time.time() - t:.1f} s")
+    return out
 
 
-def image_table(root: str, recon: dict, clip) -> dict:
-    """The eight image metrics of the base and base + FgB2I reconstructions. CLIP is the shipped SimNSD CLIP;
-    AlexNet, Inception, EfficientNet and SwAV have random weights here (no downloads): their columns are mechanics."""
-    from fgb2i_hf.metrics import load_feature_models, reconstruction_metrics
-    from fgb2i_hf.drivers.reconstruct import load_images
-
-    ids = recon["nsd_ids"]
-    gt = NSDStimuli(root).get(ids)
+def step_compare(root: str, dd, output_dir: str, rl_dir: str, bd_decoders: str, clip, subject: str = "subj01",
+                 n_images: int = 16, w: float = 0.5, fresh: bool = False) -> dict:
+    """The three bases on ``n_images`` test images of ``subject`` with the shipped SimNSD world, each without (w = 0)
+    and with FgB2I (the stage-2 model's caption fused at weight ``w``): LDM (simnsd/diffusion + simnsd/ldm_base),
+    Brain-Diffuser (simnsd/versatile + simnsd/vdvae + the ridge decoders fitted above), MindEye (simnsd/versatile +
+    simnsd/mindeye). CLIP is the shipped SimNSD CLIP; AlexNet, Inception, EfficientNet and SwAV have random weights
+    here (no downloads): their columns are mechanics."""
     import torch
 
+    from fgb2i_hf.drivers.compare import CompareBasesConfig, compare_bases
+    from fgb2i_hf.metrics import load_feature_models
+
+    out = os.path.join(output_dir, "compare")
+    if fresh and os.path.isdir(out):
+        shutil.rmtree(out)
+    config = CompareBasesConfig(
+        nsd_root=root, output_dir=out, subject=subject, split="test", max_samples=n_images, batch_size=8,
+        brain_model=os.path.join(rl_dir, "final"), sd_model="simnsd/diffusion", vd_model="simnsd/versatile",
+        ldm_decoders_dir="simnsd/ldm_base", brain_diffuser_decoders_dir=bd_decoders, mindeye_model="simnsd/mindeye",
+        base_options={base: {"cache_dir": os.path.join(output_dir, "hf_datasets")}
+                      for base in ("ldm", "brain_diffuser", "mindeye")},
+        w=w, device="cpu", feature_models="random", seed=0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         models = load_feature_models(pretrained=False, clip=clip, device="cpu")
-    rows = {}
-    for name, folder in (("LDM (base)", "base"), ("LDM + FgB2I", "fgb2i")):
-        images = load_images(os.path.join(recon["output_dir"], folder), ids)
-        rows[name] = reconstruction_metrics(gt, images, feature_extractors=models, progress=False)
-    return rows
+    print(f"\n[reconstruct] {subject}, {n_images} test images: LDM, Brain-Diffuser and MindEye, each base vs base + "
+          f"FgB2I (w = {w:g}), on the SimNSD world")
+    t = time.time()
+    result = compare_bases(config, dataset=dd["test"], stimuli=NSDStimuli(root), feature_models=models,
+                           progress=False)
+    print(f"[reconstruct] three bases in {time.time() - t:.1f} s; grids in {out}/<base>/grid.png")
+    return {**result, "output_dir": out, "images": n_images}
 
 
-def write_report(output_dir: str, caption_rows: dict, image_rows: dict, recon: dict, seconds: dict,
-                 rl_settings: str) -> str:
+def write_report(output_dir: str, caption_rows: dict, recon: dict, seconds: dict, rl_settings: str) -> str:
     """demo_output/report.md: the paper's two tables on SimNSD, the grid, and what each number is."""
     lines = [
         "# FgB2I on SimNSD (`make demo`)", "",
         "Simulated NSD (tiny, seed 0): subjects 1, 2, 5, 7; 100 shared test images. Every model is the SimNSD "
-        "world's (`simnsd/clip`, `simnsd/diffusion`, `simnsd/ldm_base`) or trained in this run (the brain-to-text "
-        "model). Numbers are as measured by this run.", "",
+        "world's (`simnsd/clip`, `simnsd/diffusion`, `simnsd/ldm_base`, `simnsd/versatile`, `simnsd/vdvae`, "
+        "`simnsd/mindeye`) or trained in this run (the brain-to-text model, Brain-Diffuser's ridge decoders). "
+        "Numbers are as measured by this run.", "",
         "## Captions (test split, 4 subjects x 100 images, greedy; deltas against CE only)", "",
         format_table(caption_rows, baseline=CE_ONLY_ROW, columns=REPORT_CAPTION_COLUMNS), "",
         f"Stage 2 = stage 1 + {rl_settings}. *{CE_ONLY_ROW}*: stage 1 trained on with the CE loss alone for the same "
@@ -350,11 +365,17 @@ def write_report(output_dir: str, caption_rows: dict, image_rows: dict, recon: d
         "Shuffled-brain control: the stage-2 model given another row's betas of the same subject (the floor). "
         "Ceiling: the stage-2 model given SimNSD's noise-free response to each image, normalised like the real "
         "betas (what a noiseless measurement would allow this model).", "",
-        f"## Images ({recon['images']} test images of subj01; deltas against the base)", "",
-        format_table(image_rows, baseline="LDM (base)"), "",
-        "LDM (base): Takagi & Nishimoto's method on the SimNSD world (ridge z -> VAE latent, img2img at strength "
-        "0.8 conditioned on ridge c, DDIM 50 steps, guidance 5). LDM + FgB2I: the same, with c replaced by "
-        "0.5 x CLIP-text(decoded caption) + 0.5 x c; both share their noise. CLIP two-way uses the SimNSD CLIP; "
+        f"## Images ({recon['images']} test images of subj01; each FgB2I row's deltas against its base)", "",
+        recon["table"], "",
+        "LDM: Takagi & Nishimoto's method on the SimNSD world (ridge z -> VAE latent, img2img at strength 0.8 "
+        "conditioned on ridge c, DDIM 50 steps, guidance 5). Brain-Diffuser: ridge VDVAE latents -> simnsd/vdvae "
+        "decode -> img2img on simnsd/versatile (strength 0.75, text weight 0.4, 50 steps, guidance 7.5) conditioned "
+        "on ridge CLIP-text and CLIP-vision embeddings. MindEye: simnsd/mindeye's prior -> CLIP-image tokens and "
+        "low-level head -> blurry image, img2img on simnsd/versatile (image stream only: strength 0.85, 20 UniPC "
+        "steps, guidance 3.5). LDM and Brain-Diffuser + FgB2I: the same, with the text context 0.5 x "
+        "CLIP-text(decoded caption) + 0.5 x the base's; MindEye + FgB2I: the dual attention's text stream reads "
+        "CLIP-text(decoded caption) at text weight 0.5. Base and FgB2I share their noise. "
+        "Grids of each base: `compare/<base>/grid.png`. CLIP two-way uses the SimNSD CLIP; "
         "PixCorr and SSIM need no network; AlexNet, InceptionV3, EffNet-B and SwAV have random weights here (no "
         "downloads): those columns show the mechanics, not perceptual similarity.", "",
         "## Grid", "", "![GT | LDM | LDM + FgB2I](grid.png)", "",
@@ -410,18 +431,19 @@ def main(argv=None):
     print("\nCaptions, test split (CLIP-S and the CLIP reward with simnsd/clip; deltas against CE only):\n")
     print(format_table(caption_rows, baseline=CE_ONLY_ROW, columns=REPORT_CAPTION_COLUMNS))
     t = time.time()
-    recon = step_reconstruct(root, dd, args.output_dir, rl_dir, n_images=args.images, fresh=args.fresh)
-    seconds["reconstruction"] = time.time() - t
+    bd_decoders = step_fit_brain_diffuser(root, args.output_dir, args.fresh)
+    seconds["Brain-Diffuser decoders"] = time.time() - t
     t = time.time()
-    image_rows = image_table(root, recon, clip)
-    seconds["image evaluation"] = time.time() - t
-    print("\nImages (base vs base + FgB2I):\n")
-    print(format_table(image_rows, baseline="LDM (base)"))
-    shutil.copyfile(recon["grid"], os.path.join(args.output_dir, "grid.png"))
+    recon = step_compare(root, dd, args.output_dir, rl_dir, bd_decoders, clip, n_images=args.images,
+                         fresh=args.fresh)
+    seconds["reconstruction and image evaluation (three bases)"] = time.time() - t
+    print("\nImages (each base vs base + FgB2I):\n")
+    print(recon["table"])
+    shutil.copyfile(recon["summaries"]["ldm"]["grid"], os.path.join(args.output_dir, "grid.png"))
     seconds["total"] = time.time() - start
     rl_settings = (f"{args.rl_steps} REINFORCE steps with object accuracy (w = {args.rl_object_weight:g}) and CLIP "
                    f"text-image (w = {args.rl_clip_weight:g}) rewards")
-    report = write_report(args.output_dir, caption_rows, image_rows, recon, seconds, rl_settings)
+    report = write_report(args.output_dir, caption_rows, recon, seconds, rl_settings)
     print(f"\n[report] {report} and {os.path.join(args.output_dir, 'grid.png')} written; "
           f"demo time {seconds['total']:.1f} s")
 

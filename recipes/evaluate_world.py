@@ -50,7 +50,8 @@ def lines(figures: dict) -> list[str]:
     out.append("simnsd/diffusion " + ", ".join(f"{k} {v}" for k, v in figures["diffusion"].items()))
     for subject, targets in figures["ldm_base"].items():
         out.append(f"simnsd/ldm_base {subject}: " + ", ".join(
-            f"{t} test column r {v['test_column_r']:.3f}, image r {v['test_image_r']:.3f}" for t, v in targets.items()))
+            f"{t} validation column r {v['validation_column_r']:.3f}, image r {v['validation_image_r']:.3f}"
+            for t, v in targets.items()))
     return out
 
 

@@ -18,6 +18,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Small models on a busy shared CPU: one thread is much faster than two, which spin against other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --- SimNSD fixtures shared by every part (issue 2) -------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,13 @@ def test_driver_end_to_end_prior_vs_direct(simnsd_subj01):
     assert model.config.clip_tokens == 65 and model.config.clip_dim == 64 and model.low_level is not None
     saved = json.load(open(os.path.join(final, "mindeye_training_config.json")))
     assert saved["data"]["subjects"] == ["subj01"] and saved["data"]["targets"]["clip_vision"]["model"] == "simnsd/clip"
+    # decode_blurry divides by the scale of the VAE the latent targets came from (the world VAE's, not SD's 0.18215)
+    from diffusers import AutoencoderKL
+
+    from fgb2i_hf.core import resolve_pretrained
+
+    vae_scale = AutoencoderKL.load_config(resolve_pretrained("simnsd/diffusion"), subfolder="vae")["scaling_factor"]
+    assert model.config.vae_scaling_factor == saved["data"]["targets"]["z"]["scaling_factor"] == vae_scale != 0.18215
     evaluation = json.load(open(s["root"] / "driver" / "eval_test.json"))["subj01"]
     assert evaluation == result["eval"]["subj01"]
     # The prior is trained to output the CLIP tokens; the backbone's direct output only conditions it (and feeds the

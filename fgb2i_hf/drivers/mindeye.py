@@ -94,7 +94,8 @@ class MindEyeRunConfig(MindEyeTrainingConfig):
         if isinstance(self.model_config, str):
             self.model_config = json.loads(self.model_config) if self.model_config.strip() else None
         self.model_config = dict(self.model_config or {})
-        reserved = {"voxel_counts", "clip_tokens", "clip_dim", "latent_channels", "low_level"} & set(self.model_config)
+        reserved = {"voxel_counts", "clip_tokens", "clip_dim", "latent_channels", "vae_scaling_factor",
+                    "low_level"} & set(self.model_config)
         if reserved:
             raise ValueError(f"model_config sets {sorted(reserved)}, which come from the data, the targets and the "
                              "`low_level` field")
@@ -148,7 +149,8 @@ def cached_targets(config: MindEyeRunConfig, image_ids: np.ndarray, stimuli, nee
     if vae is not None:
         targets["z"] = extract_targets(vae, "z", os.path.join(folder, "z.npy"), ids=image_ids, images=stimuli,
                                        batch_size=config.extraction_batch_size, progress=progress)
-        settings["z"] = vae.settings()
+        # the VAE's scale is what the model's decode_blurry divides by (0.18215 for SD's, another for other VAEs)
+        settings["z"] = {**vae.settings(), "scaling_factor": float(vae.vae.config.scaling_factor)}
     return targets, settings
 
 
@@ -186,8 +188,10 @@ def split_arrays(rows, subjects: list[str], max_rows: int | None = None):
     return betas, names, np.concatenate(ids), counts
 
 
-def build_model(config: MindEyeRunConfig, voxel_counts: dict, targets: dict) -> MindEyeModel:
-    """A fresh MindEye sized by the data and targets (or ``init_from``), with ``config.model_config``'s fields."""
+def build_model(config: MindEyeRunConfig, voxel_counts: dict, targets: dict,
+                vae_scaling_factor: float | None = None) -> MindEyeModel:
+    """A fresh MindEye sized by the data and targets (or ``init_from``), with ``config.model_config``'s fields;
+    ``vae_scaling_factor``: that of the VAE the latent targets come from (default: SD's)."""
     tokens, dim = targets["clip_vision"].shape[1:]
     if config.init_from:
         model = MindEyeModel.from_pretrained(config.init_from)
@@ -202,6 +206,8 @@ def build_model(config: MindEyeRunConfig, voxel_counts: dict, targets: dict) -> 
     low_level = config.low_level and "z" in targets
     if low_level:
         kwargs["latent_channels"] = int(targets["z"].shape[1])
+        if vae_scaling_factor is not None:
+            kwargs["vae_scaling_factor"] = float(vae_scaling_factor)
     model_config = MindEyeConfig(voxel_counts=voxel_counts, clip_tokens=int(tokens), clip_dim=int(dim),
                                  low_level=low_level, **kwargs)
     if low_level and model_config.latent_size != targets["z"].shape[-1]:
@@ -311,7 +317,7 @@ def run_mindeye(config: MindEyeRunConfig, data=None, stimuli=None, progress: boo
         targets, target_settings = cached_targets(config, image_ids, stimuli, need_latents=config.low_level,
                                                   progress=progress and accelerator.is_local_main_process)
     betas, subjects, nsd_ids, voxel_counts = train
-    model = build_model(config, voxel_counts, targets)
+    model = build_model(config, voxel_counts, targets, target_settings.get("z", {}).get("scaling_factor"))
     train_data = MindEyeTrainData(betas=betas, subjects=subjects, image_index=np.searchsorted(image_ids, nsd_ids),
                                   clip_targets=targets["clip_vision"],
                                   latent_targets=targets.get("z") if model.low_level is not None else None)

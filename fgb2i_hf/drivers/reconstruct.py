@@ -69,7 +69,8 @@ class ReconstructConfig:
     brain_model: str | None = field(default=None, metadata={
         "help": "BrainPrefixGPT2 folder or name (its tokenizer is loaded from the same place)."})
     decoders_dir: str | None = field(default=None, metadata={
-        "help": "fit_decoders' output_dir: decoders are read from <decoders_dir>/<subject>/<target>."})
+        "help": "fit_decoders' output_dir (or simnsd/ldm_base): decoders are read from "
+                "<decoders_dir>/<subject>/<target>."})
     rescale_predictions: bool | None = field(default=None, metadata={
         "help": "Brain-Diffuser's post-hoc rescaling of the ridge predictions over the whole split "
                 "(default: yes for brain_diffuser, no for ldm)."})
@@ -105,6 +106,7 @@ class ReconstructConfig:
     def __post_init__(self):
         if isinstance(self.components, str):
             self.components = json.loads(self.components) if self.components.strip() else None
+        self.decoders_dir = resolve_pretrained(self.decoders_dir)  # simnsd/ldm_base: the shipped world's fit
         if isinstance(self.best_of_n, bool) or not isinstance(self.best_of_n, int) or self.best_of_n < 1:
             raise ValueError(f"best_of_n must be a positive int (1 = off), got {self.best_of_n!r}")
 

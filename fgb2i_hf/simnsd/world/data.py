@@ -1,8 +1,16 @@
 """The SimNSD data the world's models train on: distinct stimulus images and their captions, by split.
 
-Every world component trains on the *train* images of a SimNSD (every image some subject saw outside the shared
-set) and is scored on the *test* images (the shared ones, ``sharedix``); no model ever sees a test image or
-caption while training. The rows come from ``fgb2i_hf.data.load_nsd``, so the split is NSD's own.
+Every world component trains on the world's *train* images of a SimNSD (every image some subject saw outside the
+shared set: ``load_nsd``'s train and validation splits together) and is scored on the *test* images (the shared
+ones, ``sharedix``); no model ever sees a test image or caption while training. The rows come from
+``fgb2i_hf.data.load_nsd``, so the split is NSD's own.
+
+Why the world's generative models (clip, gpt2, diffusion, vdvae, versatile) also see the validation *images*: they
+stand in for models pretrained on outside data (CLIP, GPT-2, SD, VD, VDVAE never saw NSD's brain data; LAION even
+holds COCO images), and the validation split exists to select the *brain* models (ridge alphas, CE checkpoints),
+which the world's brain components (``ldm_base``, ``mindeye``) fit under the data contract of their drivers, without
+the validation rows. It also keeps the world's data what it was before the split (2,600 images), so the shipped
+components stay reproducible from their records.
 """
 
 from __future__ import annotations
@@ -11,9 +19,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-
-from fgb2i_hf.data import NSDStimuli, load_nsd
-from fgb2i_hf.simnsd import simulate_nsd
 
 SIMNSD_SUBJECTS = ("subj01", "subj02", "subj05", "subj07")
 
@@ -71,6 +76,8 @@ class WorldData:
 
 def simulate_world_nsd(root: str, seed: int = 0) -> str:
     """A tiny SimNSD (the defaults of ``simulate_nsd``, ``seed``) at ``root``, simulated unless it is already there."""
+    from fgb2i_hf.simnsd import simulate_nsd
+
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(os.path.join(root, "simnsd")):
         simulate_nsd(root, scale="tiny", seed=seed, overwrite=True)
@@ -78,14 +85,19 @@ def simulate_world_nsd(root: str, seed: int = 0) -> str:
 
 
 def load_world_data(nsd_root: str, subjects=SIMNSD_SUBJECTS, cache_dir: str | None = None) -> WorldData:
-    """Distinct train and test stimuli of ``subjects`` with their captions (``load_nsd`` rows + ``NSDStimuli``)."""
+    """Distinct train and test stimuli of ``subjects`` with their captions (``load_nsd`` rows + ``NSDStimuli``);
+    the world's train images are ``load_nsd``'s train and validation images (module docstring)."""
+    from fgb2i_hf.data import NSDStimuli, load_nsd
+
     rows = load_nsd(nsd_root, subjects=list(subjects), cache_dir=cache_dir)
     stimuli = NSDStimuli(nsd_root)
     splits = {}
-    for split in ("train", "test"):
+    for split, sources in (("train", ("train", "validation")), ("test", ("test",))):
         by_id = {}
-        for nsd_id, caps, fines in zip(rows[split]["nsd_id"], rows[split]["captions"], rows[split]["fine_captions"]):
-            by_id.setdefault(int(nsd_id), (list(caps), list(fines)))
+        for source in (name for name in sources if name in rows):
+            part = rows[source]
+            for nsd_id, caps, fines in zip(part["nsd_id"], part["captions"], part["fine_captions"]):
+                by_id.setdefault(int(nsd_id), (list(caps), list(fines)))
         ids = np.array(sorted(by_id), dtype=np.int64)
         splits[split] = WorldImages(ids, stimuli.get(ids.tolist()), [by_id[i][0] for i in ids],
                                     [by_id[i][1] for i in ids])

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 
 from ...core import save_png_atomic
 from .loop import TrainLoop, update_ema
@@ -57,7 +56,6 @@ class UNetTrainingConfig:
     beta_end: float = field(default=0.012, metadata={"help": "SD's scaled-linear schedule: last beta."})
 
     def scheduler(self):
-        # imported here: diffusers is a heavy import, needed only on this path
         from diffusers import DDIMScheduler
 
         return DDIMScheduler(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
@@ -66,19 +64,29 @@ class UNetTrainingConfig:
                              rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
     def model(self, sample_size: int, latent_channels: int, cross_attention_dim: int):
-        # imported here: diffusers is a heavy import, needed only on this path
-        from diffusers import UNet2DConditionModel
+        return unet_model(self.unet_block_out_channels, self.unet_attention_levels, self.unet_attention_heads,
+                          self.unet_layers_per_block, self.unet_norm_num_groups, sample_size=sample_size,
+                          latent_channels=latent_channels, cross_attention_dim=cross_attention_dim)
 
-        n = len(self.unet_block_out_channels)
-        levels = set(self.unet_attention_levels)
-        down = tuple("CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(n))
-        up = tuple("CrossAttnUpBlock2D" if (n - 1 - i) in levels else "UpBlock2D" for i in range(n))
-        return UNet2DConditionModel(
-            sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
-            block_out_channels=tuple(self.unet_block_out_channels), down_block_types=down, up_block_types=up,
-            mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=self.unet_layers_per_block,
-            cross_attention_dim=cross_attention_dim, attention_head_dim=self.unet_attention_heads,
-            norm_num_groups=self.unet_norm_num_groups)
+
+def unet_model(block_out_channels, attention_levels, attention_heads: int, layers_per_block: int,
+               norm_num_groups: int, *, sample_size: int, latent_channels: int, cross_attention_dim: int,
+               dual_cross_attention: bool = False):
+    """A ``UNet2DConditionModel`` with cross-attention transformer blocks at ``attention_levels`` (0 = full
+    resolution) and in the middle block; with ``dual_cross_attention`` each is Versatile Diffusion's
+    ``DualTransformer2DModel`` (a text and an image stream)."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(block_out_channels)
+    levels = set(attention_levels)
+    down = tuple("CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(n))
+    up = tuple("CrossAttnUpBlock2D" if (n - 1 - i) in levels else "UpBlock2D" for i in range(n))
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=tuple(block_out_channels), down_block_types=down, up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=layers_per_block,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=attention_heads,
+        norm_num_groups=norm_num_groups, dual_cross_attention=dual_cross_attention)
 
 
 @torch.no_grad()
@@ -93,12 +101,48 @@ def text_hidden_states(tokenizer, text_encoder, texts, batch_size: int = 512, de
 
 
 def build_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
-    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+def train_denoiser(unet, scheduler, latent_mean: torch.Tensor, latent_std: torch.Tensor, scaling_factor: float,
+                   conditioning, *, steps: int, batch_size: int, learning_rate: float, warmup_steps: int,
+                   ema_decay: float, rng: np.random.Generator, generator: torch.Generator, device="cpu",
+                   desc: str = "unet", progress: bool = True, start: float | None = None):
+    """Train ``unet`` as SD's denoiser with v-prediction on the VAE posteriors ``(latent_mean, latent_std)``
+    (N, C, h, w), unscaled; returns ``(EMA copy of the UNet (eval), the finished TrainLoop)`` (its ``losses``
+    and ``summary()``; ``start``: the time its wall time counts from).
+
+    Each step draws ``batch_size`` image rows with ``rng``, asks ``conditioning(rows)`` for the
+    ``encoder_hidden_states`` (it may use ``rng`` and set per-example state on the UNet, such as the dual
+    attention's text weights), samples latents, noise and timesteps with ``generator``, and takes an AdamW step
+    (``TrainLoop``: cosine schedule with warm-up, gradient norm clipped at 1); the EMA follows the weights with a
+    warm-up decay ``min(ema_decay, (1 + step) / (10 + step))``.
+    """
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=0.01)
+    alphas_cumprod = scheduler.alphas_cumprod
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    n = len(latent_mean)
+    with TrainLoop(optimizer, unet.parameters(), steps, warmup_steps, desc, progress, grad_clip=1.0, window=50,
+                   digits=4, start=start) as loop:
+        for step in range(loop.steps):
+            rows = rng.choice(n, batch_size, replace=n < batch_size)
+            cond = conditioning(rows)
+            z = (latent_mean[rows] + latent_std[rows] * torch.randn(latent_mean[rows].shape, generator=generator))
+            z = z * scaling_factor
+            noise = torch.randn(z.shape, generator=generator)
+            t = torch.randint(0, num_train_timesteps, (len(rows),), generator=generator)
+            a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+            s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+            noisy, target = a * z + s * noise, a * noise - s * z  # v = alpha * eps - sigma * x0
+            pred = unet(noisy.to(device), t.to(device), cond.to(device)).sample
+            loop.step(F.mse_loss(pred, target.to(device)))
+            update_ema(ema, unet, min(ema_decay, (1 + step) / (10 + step)))
+    return ema, loop
 
 
 def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, seed: int = 0, device: str = "cpu",
@@ -112,7 +156,6 @@ def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, s
     vae, text_encoder = vae.to(device).eval(), text_encoder.to(device).eval()
     train = data.train
     mean, std = encode_latents(vae, train.images, device=device)
-    scaling = vae.config.scaling_factor
     owner, texts = train.caption_pairs(fine=True)
     is_fine = np.zeros(len(texts), bool)
     n_coco = sum(len(c) for c in train.captions)
@@ -131,28 +174,21 @@ def train_unet(config: UNetTrainingConfig, data, vae, text_encoder, tokenizer, s
 
     scheduler = config.scheduler()
     unet = config.model(mean.shape[-1], mean.shape[1], states.shape[-1]).to(device).train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_learning_rate, weight_decay=0.01)
-    alphas_cumprod = scheduler.alphas_cumprod
-    with TrainLoop(optimizer, unet.parameters(), config.unet_steps, config.unet_warmup_steps, "simnsd/diffusion unet",
-                   progress, grad_clip=1.0, window=50, digits=4, start=start) as loop:
-        for step in range(loop.steps):
-            rows = rng.choice(len(train), config.unet_batch_size, replace=len(train) < config.unet_batch_size)
-            caption_rows = [fine_rows[i][rng.integers(len(fine_rows[i]))]
-                            if fine_rows[i] and rng.random() < config.unet_fine_caption_probability
-                            else coco_rows[i][rng.integers(len(coco_rows[i]))] for i in rows]
-            cond = states[caption_rows].clone()
-            drop = torch.from_numpy(rng.random(len(rows)) < config.unet_caption_dropout)
-            cond[drop] = empty
-            z = (mean[rows] + std[rows] * torch.randn(mean[rows].shape, generator=generator)) * scaling
-            noise = torch.randn(z.shape, generator=generator)
-            t = torch.randint(0, config.num_train_timesteps, (len(rows),), generator=generator)
-            a = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
-            s = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
-            noisy, target = a * z + s * noise, a * noise - s * z  # v = alpha * eps - sigma * x0
-            pred = unet(noisy.to(device), t.to(device), cond.to(device)).sample
-            loop.step(F.mse_loss(pred, target.to(device)))
-            update_ema(ema, unet, min(config.unet_ema_decay, (1 + step) / (10 + step)))
+
+    def conditioning(rows):
+        caption_rows = [fine_rows[i][rng.integers(len(fine_rows[i]))]
+                        if fine_rows[i] and rng.random() < config.unet_fine_caption_probability
+                        else coco_rows[i][rng.integers(len(coco_rows[i]))] for i in rows]
+        cond = states[caption_rows].clone()
+        drop = torch.from_numpy(rng.random(len(rows)) < config.unet_caption_dropout)
+        cond[drop] = empty
+        return cond
+
+    ema, loop = train_denoiser(
+        unet, scheduler, mean, std, vae.config.scaling_factor, conditioning, steps=config.unet_steps,
+        batch_size=config.unet_batch_size, learning_rate=config.unet_learning_rate,
+        warmup_steps=config.unet_warmup_steps, ema_decay=config.unet_ema_decay, rng=rng, generator=generator,
+        device=device, desc="simnsd/diffusion unet", progress=progress, start=start)
     pipe = build_pipeline(vae, text_encoder, tokenizer, ema.to("cpu"), scheduler)
     losses = loop.losses
     record = {"config": asdict(config), "seed": seed, **loop.summary(),
@@ -194,7 +230,6 @@ def render(pipe, prompts, seed: int = 0, num_inference_steps: int = 25, guidance
            batch_size: int = 16, image=None, strength: float = 0.8) -> np.ndarray:
     """uint8 (N, H, W, 3) images for ``prompts``, each from ``torch.Generator().manual_seed(seed)``; with ``image``
     (uint8 (N, H, W, 3)), img2img at ``strength`` through ``StableDiffusionImg2ImgPipeline`` with the same parts."""
-    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import StableDiffusionImg2ImgPipeline
 
     runner = pipe if image is None else StableDiffusionImg2ImgPipeline(**pipe.components)
@@ -250,6 +285,8 @@ def two_way_identification(scorer, generated: np.ndarray, truth: np.ndarray) -> 
 def sample_grid(pipe, split, path: str, n: int = 8, seed: int = 0, **render_kwargs) -> str:
     """A PNG: per test image, ground truth | from the fine caption | from a COCO caption | img2img (0.8) from its
     latent, with the fine caption written underneath. Returns ``path``."""
+    from PIL import Image, ImageDraw
+
     fine = [(f[0] if f else c[0]) for c, f in zip(split.captions[:n], split.fine_captions[:n])]
     coco = [c[0] for c in split.captions[:n]]
     truth = split.images[:n]

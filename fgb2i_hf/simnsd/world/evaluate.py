@@ -53,8 +53,9 @@ def evaluate_world(nsd_root: str, cache_dir: str | None = None, prefix: str = "s
                                           num_inference_steps=num_inference_steps)
     with open(os.path.join(path("ldm_base"), "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
-    out["ldm_base"] = {subject: {target: {"test_column_r": round(m["test"]["column_r"], 4),
-                                          "test_image_r": round(m["test"]["image_r"], 4)}
+    # fit_decoders scores its decoders on the validation split (the test split is read by final evaluation only)
+    out["ldm_base"] = {subject: {target: {"validation_column_r": round(m["validation"]["column_r"], 4),
+                                          "validation_image_r": round(m["validation"]["image_r"], 4)}
                                  for target, m in by_target.items()} for subject, by_target in metrics.items()}
     return out
 

@@ -8,7 +8,8 @@ Per subject, ``fgb2i_hf.drivers.fit.fit_decoders`` (the code ``recipes/fit_decod
   over the captions (40 x 32),
 
 with Takagi's alpha grid, cross-validated per target column. The folder has fit_decoders' layout —
-``<subject>/<target>/`` (``RidgeDecoder.from_pretrained``), ``metrics.json`` and ``fit_decoders.yaml`` — without
+``<subject>/<target>/`` (``RidgeDecoder.from_pretrained``), ``metrics.json``, ``fit_decoders.yaml`` and the
+``data_contract.json`` the decoders were fitted under — without
 the cached targets, so pipelines load it as a real fit: ``RidgeDecoder.from_pretrained("simnsd/ldm_base/subj01/z")``.
 """
 
@@ -19,9 +20,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
-from ...data import load_nsd
 from ...decoders.ridge import TAKAGI_ALPHAS
-from ...drivers.fit import FitDecodersConfig, fit_decoders
 from .data import SIMNSD_SUBJECTS
 
 
@@ -45,6 +44,10 @@ def fit_ldm_base(config: LDMBaseConfig, nsd_root: str, diffusion_model: str, out
     ``diffusion_model``: ``simnsd/diffusion`` or a folder in the diffusers layout (the targets' VAE and text
     encoder); it is recorded in ``fit_decoders.yaml`` as given.
     """
+    from ...data import load_nsd
+    from ...data.contract import CONTRACT_NAME
+    from ...drivers.fit import FitDecodersConfig, fit_decoders
+
     start = time.time()
     fit_dir = os.path.join(work_dir, "ldm_base_fit")
     fit_config = FitDecodersConfig(
@@ -58,7 +61,7 @@ def fit_ldm_base(config: LDMBaseConfig, nsd_root: str, diffusion_model: str, out
     os.makedirs(output_folder, exist_ok=True)
     for subject in config.ldm_subjects:
         shutil.copytree(os.path.join(fit_dir, subject), os.path.join(output_folder, subject))
-    for name in ("metrics.json", "fit_decoders.yaml"):
+    for name in ("metrics.json", "fit_decoders.yaml", CONTRACT_NAME):
         shutil.copy2(os.path.join(fit_dir, name), os.path.join(output_folder, name))
     summary = {subject: {target: {"validation_column_r": round(s["validation"]["column_r"], 4),
                                   "validation_image_r": round(s["validation"]["image_r"], 4),

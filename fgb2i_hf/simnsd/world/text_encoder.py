@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-from fgb2i_hf.clip import openai_clip_tokenizer as clip_tokenizer
 
 PAD_TOKEN = "!"  # id 0 in CLIP's BPE vocabulary: open_clip's padding
 
@@ -38,6 +35,8 @@ def world_clip_tokenizer(context_length: int = 77):
     """OpenAI CLIP's BPE as a ``CLIPTokenizer`` (offline, from open_clip's bundled vocabulary), padding with "!"
     (id 0) and ``model_max_length=context_length``: ``tok(texts, padding="max_length", truncation=True)`` gives
     the same ids as ``open_clip.tokenizer.SimpleTokenizer(context_length)(texts)``."""
+    from fgb2i_hf.clip import openai_clip_tokenizer as clip_tokenizer
+
     tokenizer = clip_tokenizer(model_max_length=context_length)
     tokenizer.pad_token = PAD_TOKEN
     if tokenizer.pad_token_id != 0:
@@ -55,28 +54,64 @@ def _open_clip_model(model) -> nn.Module:
     return model
 
 
+def check_resblocks(blocks, tower: str, target: str):
+    """The first of an open_clip tower's blocks, after checking that they convert to a transformers CLIP layer."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    first = blocks[0]
+    if not isinstance(first, ResidualAttentionBlock):
+        raise ValueError(f"{tower} blocks are {type(first).__name__}: only open_clip's default ResidualAttentionBlock "
+                         f"(no qk-norm, scaled cosine attention or extra norms) converts to {target}")
+    if not isinstance(first.ls_1, nn.Identity) or hasattr(first, "ln_1_kv"):
+        raise ValueError(f"{tower} blocks with layer scale or cross-attention do not convert to {target}")
+    return first
+
+
+def uses_quick_gelu(block, quick_gelu: bool | None, tower: str) -> bool:
+    """Whether a block's MLP uses QuickGELU (checked against ``quick_gelu`` when given)."""
+    from open_clip.transformer import QuickGELU
+
+    act = block.mlp.gelu
+    if quick_gelu is not None and quick_gelu != isinstance(act, QuickGELU):
+        raise ValueError(f"quick_gelu={quick_gelu} but the {tower} tower uses {type(act).__name__}")
+    return isinstance(act, QuickGELU)
+
+
+def resblocks_state(blocks, width: int, prefix: str) -> dict:
+    """transformers ``CLIPEncoderLayer`` tensors of open_clip residual attention blocks, layer ``i`` under
+    ``f"{prefix}{i}."``: ln_1/ln_2 -> layer_norm1/2, attn.in_proj split into q/k/v_proj, attn.out_proj,
+    mlp.c_fc/c_proj -> mlp.fc1/fc2."""
+    state = {}
+    for i, block in enumerate(blocks):
+        layer = f"{prefix}{i}."
+        q, k, v = block.attn.in_proj_weight.split(width)
+        qb, kb, vb = block.attn.in_proj_bias.split(width)
+        state.update({
+            layer + "layer_norm1.weight": block.ln_1.weight, layer + "layer_norm1.bias": block.ln_1.bias,
+            layer + "self_attn.q_proj.weight": q, layer + "self_attn.q_proj.bias": qb,
+            layer + "self_attn.k_proj.weight": k, layer + "self_attn.k_proj.bias": kb,
+            layer + "self_attn.v_proj.weight": v, layer + "self_attn.v_proj.bias": vb,
+            layer + "self_attn.out_proj.weight": block.attn.out_proj.weight,
+            layer + "self_attn.out_proj.bias": block.attn.out_proj.bias,
+            layer + "layer_norm2.weight": block.ln_2.weight, layer + "layer_norm2.bias": block.ln_2.bias,
+            layer + "mlp.fc1.weight": block.mlp.c_fc.weight, layer + "mlp.fc1.bias": block.mlp.c_fc.bias,
+            layer + "mlp.fc2.weight": block.mlp.c_proj.weight, layer + "mlp.fc2.bias": block.mlp.c_proj.bias,
+        })
+    return state
+
+
 def open_clip_text_config(model, quick_gelu: bool | None = None, with_projection: bool = False):
     """The ``CLIPTextConfig`` describing ``model``'s text tower; raises for features CLIPTextModel lacks."""
-    # imported here: open_clip is a heavy import, needed only on this path
-    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+    from transformers import CLIPTextConfig
 
     model = _open_clip_model(model)
     blocks = list(model.transformer.resblocks)
-    first = blocks[0]
-    if not isinstance(first, ResidualAttentionBlock):
-        raise ValueError(f"text blocks are {type(first).__name__}: only open_clip's default ResidualAttentionBlock "
-                         "(no qk-norm, scaled cosine attention or extra norms) converts to CLIPTextModel")
-    if not isinstance(first.ls_1, nn.Identity) or hasattr(first, "ln_1_kv"):
-        raise ValueError("text blocks with layer scale or cross-attention do not convert to CLIPTextModel")
+    first = check_resblocks(blocks, "text", "CLIPTextModel")
     if getattr(model, "attn_mask", None) is None:
         raise ValueError("the text tower has no causal mask (no_causal_mask=True); CLIPTextModel is causal")
     if getattr(model, "text_pool_type", "argmax") not in ("argmax", "eos"):
         raise ValueError(f"text pooling {model.text_pool_type!r}: CLIPTextModel pools at the end-of-text token")
-    act = first.mlp.gelu
-    if quick_gelu is None:
-        quick_gelu = isinstance(act, QuickGELU)
-    elif quick_gelu != isinstance(act, QuickGELU):
-        raise ValueError(f"quick_gelu={quick_gelu} but the text tower uses {type(act).__name__}")
+    quick_gelu = uses_quick_gelu(first, quick_gelu, "text")
     width = model.token_embedding.weight.shape[1]
     eps = {first.ln_1.eps, first.ln_2.eps, model.ln_final.eps}
     if len(eps) != 1:
@@ -104,6 +139,8 @@ def convert_open_clip_text_to_hf(model, with_projection: bool = False):
     ``hf(ids).last_hidden_state`` equals :func:`open_clip_token_features` of the same ids, and (with projection)
     ``hf(ids).text_embeds`` equals ``model.encode_text(ids)`` when each sequence has one end-of-text token.
     """
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
     model = _open_clip_model(model)
     config = open_clip_text_config(model, with_projection=with_projection)
     hf = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
@@ -114,21 +151,7 @@ def convert_open_clip_text_to_hf(model, with_projection: bool = False):
         "final_layer_norm.weight": model.ln_final.weight,
         "final_layer_norm.bias": model.ln_final.bias,
     }
-    for i, block in enumerate(model.transformer.resblocks):
-        prefix = f"encoder.layers.{i}."
-        q, k, v = block.attn.in_proj_weight.split(width)
-        qb, kb, vb = block.attn.in_proj_bias.split(width)
-        state.update({
-            prefix + "layer_norm1.weight": block.ln_1.weight, prefix + "layer_norm1.bias": block.ln_1.bias,
-            prefix + "self_attn.q_proj.weight": q, prefix + "self_attn.q_proj.bias": qb,
-            prefix + "self_attn.k_proj.weight": k, prefix + "self_attn.k_proj.bias": kb,
-            prefix + "self_attn.v_proj.weight": v, prefix + "self_attn.v_proj.bias": vb,
-            prefix + "self_attn.out_proj.weight": block.attn.out_proj.weight,
-            prefix + "self_attn.out_proj.bias": block.attn.out_proj.bias,
-            prefix + "layer_norm2.weight": block.ln_2.weight, prefix + "layer_norm2.bias": block.ln_2.bias,
-            prefix + "mlp.fc1.weight": block.mlp.c_fc.weight, prefix + "mlp.fc1.bias": block.mlp.c_fc.bias,
-            prefix + "mlp.fc2.weight": block.mlp.c_proj.weight, prefix + "mlp.fc2.bias": block.mlp.c_proj.bias,
-        })
+    state.update(resblocks_state(model.transformer.resblocks, width, "encoder.layers."))
     state = {k: v.detach().float().clone() for k, v in state.items()}
     # transformers 5: CLIPTextModel holds the text transformer's modules itself, the projection model wraps it
     transformer = hf.text_model if with_projection else hf

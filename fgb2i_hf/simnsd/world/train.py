@@ -6,7 +6,10 @@
 * ``gpt2``      — ``GPT2LMHeadModel`` + tokenizer folder;
 * ``diffusion`` — VAE, then the UNet on the ``clip`` text tower converted to ``CLIPTextModel`` (needs ``clip``);
 * ``ldm_base``  — ridge decoders onto the ``diffusion`` VAE latents and text states (needs ``diffusion``);
-* ``vdvae``     — ``VDVAEModel`` folder, Brain-Diffuser's low-level model.
+* ``vdvae``     — ``VDVAEModel`` folder, Brain-Diffuser's low-level model;
+* ``versatile`` — a Versatile Diffusion folder: the ``clip`` towers converted, the ``diffusion`` VAE and scheduler,
+  a dual-attention UNet trained on both contexts (needs ``clip`` and ``diffusion``);
+* ``mindeye``   — ``MindEyeModel`` folder on the four subjects, its targets from ``versatile`` (needs ``versatile``).
 
 Each component is written to a scratch folder beside ``<output_dir>/<component>``, its weights optionally
 rewritten in float16, a ``world_training.json`` record added (configs, seed, data, metrics, time, size, library
@@ -32,12 +35,16 @@ from .diffusion import UNetTrainingConfig, evaluate_diffusion, sample_grid, trai
 from .gpt2 import GPT2TrainingConfig, train_gpt2
 from .io import compact_clip_tokenizer, folder_bytes, halve_safetensors, write_record
 from .ldm_base import LDMBaseConfig, fit_ldm_base
+from .mindeye import WorldMindEyeConfig, train_world_mindeye
 from .text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer
 from .vae import VAETrainingConfig, train_vae
 from .vdvae import VDVAETrainingConfig, train_vdvae
+from .versatile import VersatileTrainingConfig, evaluate_versatile, save_versatile, train_versatile
+from .versatile import sample_grid as versatile_sample_grid
 
-COMPONENTS = ("clip", "gpt2", "diffusion", "ldm_base", "vdvae")
-DEPENDENCIES = {"diffusion": "clip", "ldm_base": "diffusion"}
+COMPONENTS = ("clip", "gpt2", "diffusion", "ldm_base", "vdvae", "versatile", "mindeye")
+DEPENDENCIES = {"diffusion": ("clip",), "ldm_base": ("diffusion",), "versatile": ("clip", "diffusion"),
+                "mindeye": ("versatile",)}
 
 
 @dataclass
@@ -45,8 +52,9 @@ class TrainWorldConfig:
     """What to train, on which SimNSD, where to write it."""
 
     components: list[str] = field(default_factory=lambda: list(COMPONENTS), metadata={
-        "help": "Components to (re)train: clip gpt2 diffusion ldm_base vdvae. Others are left as they are; a "
-                "component's dependency (diffusion needs clip, ldm_base needs diffusion) is read from output_dir."})
+        "help": "Components to (re)train: clip gpt2 diffusion ldm_base vdvae versatile mindeye. Others are left as "
+                "they are; a component's dependencies (diffusion needs clip, ldm_base diffusion, versatile clip and "
+                "diffusion, mindeye versatile) are read from output_dir."})
     output_dir: str | None = field(default=None, metadata={
         "help": "Where the component folders go (default: the package's fgb2i_hf/simnsd/world, i.e. simnsd/<name>)."})
     work_dir: str = field(default="world_work", metadata={
@@ -65,7 +73,7 @@ class TrainWorldConfig:
     max_train_images: int | None = field(default=None, metadata={
         "help": "Train the neural components on the first N train images only (quick runs and tests)."})
     diffusion_eval_images: int = field(default=100, metadata={
-        "help": "Test images the diffusion model is scored on (backgrounds, CLIP two-way)."})
+        "help": "Test images the diffusion and versatile models are scored on (backgrounds, CLIP two-way)."})
     diffusion_eval_steps: int = field(default=25, metadata={
         "help": "Sampling steps of the diffusion evaluation and of the sample grid."})
     sample_grid_path: str | None = field(default=None, metadata={
@@ -77,11 +85,12 @@ def _check(config: TrainWorldConfig, output_dir: str):
     unknown = set(config.components) - set(COMPONENTS)
     if unknown:
         raise ValueError(f"unknown world components {sorted(unknown)}; choose from {list(COMPONENTS)}")
-    for component, needs in DEPENDENCIES.items():
-        if component in config.components and needs not in config.components \
-                and not os.path.isdir(os.path.join(output_dir, needs)):
-            raise FileNotFoundError(f"training {component!r} needs the {needs!r} component: select it too or "
-                                    f"have {os.path.join(output_dir, needs)} already")
+    for component, dependencies in DEPENDENCIES.items():
+        for needs in dependencies:
+            if component in config.components and needs not in config.components \
+                    and not os.path.isdir(os.path.join(output_dir, needs)):
+                raise FileNotFoundError(f"training {component!r} needs the {needs!r} component: select it too or "
+                                        f"have {os.path.join(output_dir, needs)} already")
 
 
 def _finish(scratch: str, final: str, record: dict, config: TrainWorldConfig, data, component_config) -> dict:
@@ -104,11 +113,13 @@ def _finish(scratch: str, final: str, record: dict, config: TrainWorldConfig, da
 def train_world(config: TrainWorldConfig, clip: CLIPTrainingConfig | None = None,
                 gpt2: GPT2TrainingConfig | None = None, vae: VAETrainingConfig | None = None,
                 unet: UNetTrainingConfig | None = None, ldm_base: LDMBaseConfig | None = None,
-                vdvae: VDVAETrainingConfig | None = None) -> dict:
+                vdvae: VDVAETrainingConfig | None = None, versatile: VersatileTrainingConfig | None = None,
+                mindeye: WorldMindEyeConfig | None = None) -> dict:
     """Train the selected components; returns ``{component: record}`` (metrics, seconds, bytes)."""
     clip, gpt2 = clip or CLIPTrainingConfig(), gpt2 or GPT2TrainingConfig()
     vae, unet, ldm_base = vae or VAETrainingConfig(), unet or UNetTrainingConfig(), ldm_base or LDMBaseConfig()
-    vdvae = vdvae or VDVAETrainingConfig()
+    vdvae, versatile = vdvae or VDVAETrainingConfig(), versatile or VersatileTrainingConfig()
+    mindeye = mindeye or WorldMindEyeConfig()
     output_dir = os.path.abspath(config.output_dir or world_dir())
     _check(config, output_dir)
     if config.num_threads:
@@ -150,7 +161,45 @@ def train_world(config: TrainWorldConfig, clip: CLIPTrainingConfig | None = None
         scratch = scratch_folder(os.path.join(output_dir, "vdvae"))
         model.to("cpu").save_pretrained(scratch)
         records["vdvae"] = _finish(scratch, os.path.join(output_dir, "vdvae"), record, config, data, vdvae)
+
+    if "versatile" in config.components:
+        records["versatile"] = _train_versatile(config, data, output_dir, versatile)
+
+    if "mindeye" in config.components:
+        final = os.path.join(output_dir, "mindeye")
+        scratch = scratch_folder(final)
+        # the shipped world's VD by its name, so the model's record names no machine's folder
+        versatile_path = "simnsd/versatile" if output_dir == os.path.abspath(world_dir()) else os.path.join(
+            output_dir, "versatile")
+        record = train_world_mindeye(mindeye, nsd_root, versatile_path, scratch,
+                                     os.path.join(config.work_dir, "mindeye_run"), clip_path=os.path.join(
+                                         output_dir, "clip"), seed=config.seed, device=device, cache_dir=cache_dir,
+                                     progress=progress)
+        records["mindeye"] = _finish(scratch, final, record, config, data, mindeye)
     return records
+
+
+def _train_versatile(config: TrainWorldConfig, data, output_dir: str, vd_config: VersatileTrainingConfig) -> dict:
+    from ...clip import CLIPScorer
+
+    start = time.time()
+    scorer = CLIPScorer.from_pretrained(os.path.join(output_dir, "clip"))
+    pipe, unet_record = train_versatile(vd_config, data, scorer, os.path.join(output_dir, "diffusion"),
+                                        seed=config.seed, device=config.device, progress=config.progress)
+    train_seconds = time.time() - start
+    sampling = dict(seed=config.seed, num_inference_steps=vd_config.vd_eval_steps,
+                    guidance_scale=vd_config.vd_eval_guidance_scale)
+    metrics = evaluate_versatile(pipe, data.test, scorer, n=config.diffusion_eval_images, **sampling)
+    grid = os.path.join(config.work_dir, "versatile_samples.png")
+    versatile_sample_grid(pipe, data.test, grid, **sampling)
+    final = os.path.join(output_dir, "versatile")
+    scratch = save_versatile(pipe, scratch_folder(final))
+    record = {"seed": config.seed, "train_seconds": round(train_seconds, 1),
+              "eval_seconds": round(time.time() - start - train_seconds, 1), "metrics": {"test": metrics},
+              "unet": unet_record, "text_encoder": "simnsd/clip text tower, converted (with projection)",
+              "image_encoder": "simnsd/clip image tower, converted", "vae_and_scheduler": "simnsd/diffusion's",
+              "sample_grid": os.path.basename(grid)}
+    return _finish(scratch, final, record, config, data, vd_config)
 
 
 def _train_diffusion(config: TrainWorldConfig, data, output_dir: str, vae_config: VAETrainingConfig,
