@@ -32,6 +32,8 @@ import torch
 from PIL import Image
 
 from ..core import resolve_pretrained
+from ..models.vdvae import VDVAEModel
+from ..models.vdvae.modeling_vdvae import LATENT_SAMPLING
 from .targets import TargetExtractor, _resize
 
 # scripts/vdvae_regression.py l. 42: skl.Ridge(alpha=50000, max_iter=10000, fit_intercept=True)
@@ -51,8 +53,6 @@ class VDVAETargetExtractor(TargetExtractor):
 
     def __init__(self, vdvae, *, num_layers: int | None = None, latent_sampling: str = "sample", seed: int = 42,
                  device=None, dtype: torch.dtype = torch.float32, name_or_path: str | None = None):
-        from ..models.vdvae.modeling_vdvae import LATENT_SAMPLING
-
         if latent_sampling not in LATENT_SAMPLING:
             raise ValueError(f"latent_sampling must be 'sample' (Brain-Diffuser) or 'mean', got {latent_sampling!r}")
         self.vdvae = vdvae
@@ -65,8 +65,6 @@ class VDVAETargetExtractor(TargetExtractor):
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, revision: str | None = None, **kwargs):
         """A ``VDVAEModel`` folder (``convert_vdvae``'s output, ``simnsd/vdvae``) or a saved extractor."""
-        from ..models.vdvae import VDVAEModel
-
         path = resolve_pretrained(name_or_path)
         subfolder = "vdvae" if os.path.isdir(os.path.join(path, "vdvae")) else None
         return cls(VDVAEModel.from_pretrained(path, subfolder=subfolder, revision=revision), name_or_path=name_or_path,

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fgb2i_hf.data import NSDStimuli, load_nsd
+from fgb2i_hf.simnsd import simulate_nsd
+
 SIMNSD_SUBJECTS = ("subj01", "subj02", "subj05", "subj07")
 
 
@@ -76,8 +79,6 @@ class WorldData:
 
 def simulate_world_nsd(root: str, seed: int = 0) -> str:
     """A tiny SimNSD (the defaults of ``simulate_nsd``, ``seed``) at ``root``, simulated unless it is already there."""
-    from fgb2i_hf.simnsd import simulate_nsd
-
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(os.path.join(root, "simnsd")):
         simulate_nsd(root, scale="tiny", seed=seed, overwrite=True)
@@ -87,8 +88,6 @@ def simulate_world_nsd(root: str, seed: int = 0) -> str:
 def load_world_data(nsd_root: str, subjects=SIMNSD_SUBJECTS, cache_dir: str | None = None) -> WorldData:
     """Distinct train and test stimuli of ``subjects`` with their captions (``load_nsd`` rows + ``NSDStimuli``);
     the world's train images are ``load_nsd``'s train and validation images (module docstring)."""
-    from fgb2i_hf.data import NSDStimuli, load_nsd
-
     rows = load_nsd(nsd_root, subjects=list(subjects), cache_dir=cache_dir)
     stimuli = NSDStimuli(nsd_root)
     splits = {}

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 from ...core import save_png_atomic
 from .loop import TrainLoop, update_ema
@@ -56,6 +57,7 @@ class UNetTrainingConfig:
     beta_end: float = field(default=0.012, metadata={"help": "SD's scaled-linear schedule: last beta."})
 
     def scheduler(self):
+        # imported here: diffusers is a heavy import, needed only on this path
         from diffusers import DDIMScheduler
 
         return DDIMScheduler(num_train_timesteps=self.num_train_timesteps, beta_start=self.beta_start,
@@ -75,6 +77,7 @@ def unet_model(block_out_channels, attention_levels, attention_heads: int, layer
     """A ``UNet2DConditionModel`` with cross-attention transformer blocks at ``attention_levels`` (0 = full
     resolution) and in the middle block; with ``dual_cross_attention`` each is Versatile Diffusion's
     ``DualTransformer2DModel`` (a text and an image stream)."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import UNet2DConditionModel
 
     n = len(block_out_channels)
@@ -101,6 +104,7 @@ def text_hidden_states(tokenizer, text_encoder, texts, batch_size: int = 512, de
 
 
 def build_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -230,6 +234,7 @@ def render(pipe, prompts, seed: int = 0, num_inference_steps: int = 25, guidance
            batch_size: int = 16, image=None, strength: float = 0.8) -> np.ndarray:
     """uint8 (N, H, W, 3) images for ``prompts``, each from ``torch.Generator().manual_seed(seed)``; with ``image``
     (uint8 (N, H, W, 3)), img2img at ``strength`` through ``StableDiffusionImg2ImgPipeline`` with the same parts."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import StableDiffusionImg2ImgPipeline
 
     runner = pipe if image is None else StableDiffusionImg2ImgPipeline(**pipe.components)
@@ -285,8 +290,6 @@ def two_way_identification(scorer, generated: np.ndarray, truth: np.ndarray) -> 
 def sample_grid(pipe, split, path: str, n: int = 8, seed: int = 0, **render_kwargs) -> str:
     """A PNG: per test image, ground truth | from the fine caption | from a COCO caption | img2img (0.8) from its
     latent, with the fine caption written underneath. Returns ``path``."""
-    from PIL import Image, ImageDraw
-
     fine = [(f[0] if f else c[0]) for c, f in zip(split.captions[:n], split.fine_captions[:n])]
     coco = [c[0] for c in split.captions[:n]]
     truth = split.images[:n]

@@ -20,7 +20,10 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
+from ...data import load_nsd
+from ...data.contract import CONTRACT_NAME
 from ...decoders.ridge import TAKAGI_ALPHAS
+from ...drivers.fit import FitDecodersConfig, fit_decoders
 from .data import SIMNSD_SUBJECTS
 
 
@@ -44,10 +47,6 @@ def fit_ldm_base(config: LDMBaseConfig, nsd_root: str, diffusion_model: str, out
     ``diffusion_model``: ``simnsd/diffusion`` or a folder in the diffusers layout (the targets' VAE and text
     encoder); it is recorded in ``fit_decoders.yaml`` as given.
     """
-    from ...data import load_nsd
-    from ...data.contract import CONTRACT_NAME
-    from ...drivers.fit import FitDecodersConfig, fit_decoders
-
     start = time.time()
     fit_dir = os.path.join(work_dir, "ldm_base_fit")
     fit_config = FitDecodersConfig(

@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from transformers import CLIPImageProcessor
 
+from ...clip import CLIPScorer
+from ...core import resolve_pretrained
+from ...data import NSDStimuli
+from ...drivers.mindeye import MindEyeRunConfig, load_rows, run_mindeye, split_arrays
+from ...models.mindeye import MindEyeModel
+from ...pipelines import build_pipeline
 from .data import SIMNSD_SUBJECTS
+from .diffusion import two_way_identification
 
 TINY_MINDEYE = {"hidden_size": 256, "num_blocks": 2, "projector_hidden_size": 128, "prior_depth": 2, "prior_heads": 2,
                 "prior_dim_head": 32, "low_level_hidden_size": 64, "low_level_num_blocks": 1,
@@ -68,11 +76,6 @@ class WorldMindEyeConfig:
     def run_config(self, nsd_root: str, versatile_path: str, output_dir: str, *, seed: int, device: str,
                    cache_dir: str | None = None, progress: bool = True):
         """The ``MindEyeRunConfig`` of the world run: targets from ``versatile_path`` at its image size."""
-        from transformers import CLIPImageProcessor
-
-        from ...core import resolve_pretrained
-        from ...drivers.mindeye import MindEyeRunConfig
-
         size = CLIPImageProcessor.from_pretrained(resolve_pretrained(versatile_path),
                                                   subfolder="image_feature_extractor").crop_size
         return MindEyeRunConfig(
@@ -118,10 +121,6 @@ def evaluate_reconstructions(model, versatile_path: str, clip_scorer, rows, stim
     """Per subject, on its first ``n`` test rows: CLIP two-way identification of the world VD's reconstructions
     (MindEye base) and of the blurry images against the true stimuli (chance 0.5), and of the reconstructions
     against the stimuli of the next row (a control: chance)."""
-    from ...drivers.mindeye import split_arrays
-    from ...pipelines import build_pipeline
-    from .diffusion import two_way_identification
-
     pipe = build_pipeline("mindeye", versatile_path)
     pipe.set_progress_bar_config(disable=True)
     out = {"settings": {k: getattr(pipe.base, k) for k in ("strength", "num_inference_steps", "guidance_scale")},
@@ -145,11 +144,6 @@ def train_world_mindeye(config: WorldMindEyeConfig, nsd_root: str, versatile_pat
                         progress: bool = True) -> dict:
     """Train with ``run_mindeye`` in ``run_dir`` (replaced), copy its ``final/`` model into ``scratch``, score
     reconstructions; returns the component's record (without the world's common fields)."""
-    from ...clip import CLIPScorer
-    from ...data import NSDStimuli
-    from ...drivers.mindeye import load_rows, run_mindeye
-    from ...models.mindeye import MindEyeModel
-
     start = time.time()
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)

@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from fgb2i_hf.clip import openai_clip_tokenizer as clip_tokenizer
 
 PAD_TOKEN = "!"  # id 0 in CLIP's BPE vocabulary: open_clip's padding
 
@@ -35,8 +38,6 @@ def world_clip_tokenizer(context_length: int = 77):
     """OpenAI CLIP's BPE as a ``CLIPTokenizer`` (offline, from open_clip's bundled vocabulary), padding with "!"
     (id 0) and ``model_max_length=context_length``: ``tok(texts, padding="max_length", truncation=True)`` gives
     the same ids as ``open_clip.tokenizer.SimpleTokenizer(context_length)(texts)``."""
-    from fgb2i_hf.clip import openai_clip_tokenizer as clip_tokenizer
-
     tokenizer = clip_tokenizer(model_max_length=context_length)
     tokenizer.pad_token = PAD_TOKEN
     if tokenizer.pad_token_id != 0:
@@ -56,6 +57,7 @@ def _open_clip_model(model) -> nn.Module:
 
 def check_resblocks(blocks, tower: str, target: str):
     """The first of an open_clip tower's blocks, after checking that they convert to a transformers CLIP layer."""
+    # imported here: open_clip is a heavy import, needed only on this path
     from open_clip.transformer import ResidualAttentionBlock
 
     first = blocks[0]
@@ -69,6 +71,7 @@ def check_resblocks(blocks, tower: str, target: str):
 
 def uses_quick_gelu(block, quick_gelu: bool | None, tower: str) -> bool:
     """Whether a block's MLP uses QuickGELU (checked against ``quick_gelu`` when given)."""
+    # imported here: open_clip is a heavy import, needed only on this path
     from open_clip.transformer import QuickGELU
 
     act = block.mlp.gelu
@@ -102,8 +105,6 @@ def resblocks_state(blocks, width: int, prefix: str) -> dict:
 
 def open_clip_text_config(model, quick_gelu: bool | None = None, with_projection: bool = False):
     """The ``CLIPTextConfig`` describing ``model``'s text tower; raises for features CLIPTextModel lacks."""
-    from transformers import CLIPTextConfig
-
     model = _open_clip_model(model)
     blocks = list(model.transformer.resblocks)
     first = check_resblocks(blocks, "text", "CLIPTextModel")
@@ -139,8 +140,6 @@ def convert_open_clip_text_to_hf(model, with_projection: bool = False):
     ``hf(ids).last_hidden_state`` equals :func:`open_clip_token_features` of the same ids, and (with projection)
     ``hf(ids).text_embeds`` equals ``model.encode_text(ids)`` when each sequence has one end-of-text token.
     """
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
     model = _open_clip_model(model)
     config = open_clip_text_config(model, with_projection=with_projection)
     hf = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)

@@ -39,8 +39,9 @@ from .mindeye import WorldMindEyeConfig, train_world_mindeye
 from .text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer
 from .vae import VAETrainingConfig, train_vae
 from .vdvae import VDVAETrainingConfig, train_vdvae
-from .versatile import VersatileTrainingConfig, evaluate_versatile, save_versatile, train_versatile
+from .versatile import VersatileTrainingConfig, evaluate_versatile
 from .versatile import sample_grid as versatile_sample_grid
+from .versatile import save_versatile, train_versatile
 
 COMPONENTS = ("clip", "gpt2", "diffusion", "ldm_base", "vdvae", "versatile", "mindeye")
 DEPENDENCIES = {"diffusion": ("clip",), "ldm_base": ("diffusion",), "versatile": ("clip", "diffusion"),
@@ -180,8 +181,6 @@ def train_world(config: TrainWorldConfig, clip: CLIPTrainingConfig | None = None
 
 
 def _train_versatile(config: TrainWorldConfig, data, output_dir: str, vd_config: VersatileTrainingConfig) -> dict:
-    from ...clip import CLIPScorer
-
     start = time.time()
     scorer = CLIPScorer.from_pretrained(os.path.join(output_dir, "clip"))
     pipe, unet_record = train_versatile(vd_config, data, scorer, os.path.join(output_dir, "diffusion"),

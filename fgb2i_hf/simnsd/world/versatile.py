@@ -31,8 +31,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
+from ...pipelines import FgB2IVersatileDiffusionPipeline
 from .diffusion import background_in_caption, background_of, train_denoiser, two_way_identification, unet_model
+from .io import compact_clip_tokenizer
 from .text_encoder import convert_open_clip_text_to_hf, world_clip_tokenizer
 from .vae import encode_latents
 from .vision_encoder import convert_open_clip_vision_to_hf, world_clip_image_processor
@@ -88,6 +91,7 @@ def versatile_encoders(clip_scorer, diffusion_path: str) -> dict:
     """The fixed components of the world VD: ``tokenizer``, ``text_encoder``, ``image_encoder``,
     ``image_feature_extractor`` from a ``CLIPScorer``, ``vae`` and ``scheduler`` from a ``simnsd/diffusion``
     folder."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import AutoencoderKL, DDIMScheduler
 
     components = {"tokenizer": world_clip_tokenizer(clip_scorer.model.context_length),
@@ -104,8 +108,6 @@ def versatile_encoders(clip_scorer, diffusion_path: str) -> dict:
 
 def versatile_pipeline(image_unet, base: str = "brain_diffuser", **components):
     """``FgB2IVersatileDiffusionPipeline`` of the world components (its call runs ``base``'s settings)."""
-    from ...pipelines import FgB2IVersatileDiffusionPipeline
-
     pipe = FgB2IVersatileDiffusionPipeline(image_unet=image_unet, base=base, **components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -114,6 +116,7 @@ def versatile_pipeline(image_unet, base: str = "brain_diffuser", **components):
 def set_text_weights(unet, text_weights, text_tokens: int, vision_tokens: int) -> None:
     """Per-example text weights of every dual attention block: ``text_weights`` (B,) broadcast over (C, H, W)
     (``DualTransformer2DModel`` multiplies its streams by ``mix_ratio``, which may be a tensor)."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers.models import DualTransformer2DModel
 
     mix = torch.as_tensor(text_weights, dtype=torch.float32).view(-1, 1, 1, 1)
@@ -208,9 +211,8 @@ def train_versatile(config: VersatileTrainingConfig, data, clip_scorer, diffusio
 def save_versatile(pipe, folder: str) -> str:
     """Write the world VD in Versatile Diffusion's diffusers layout (``model_index.json`` of diffusers'
     ``VersatileDiffusionDualGuidedPipeline``, no ``text_unet``) into the existing empty ``folder``."""
+    # imported here: diffusers is a heavy import, needed only on this path
     from diffusers.pipelines.deprecated.versatile_diffusion import VersatileDiffusionDualGuidedPipeline
-
-    from .io import compact_clip_tokenizer
 
     names = ("tokenizer", "image_feature_extractor", "text_encoder", "image_encoder", "image_unet", "vae", "scheduler")
     VersatileDiffusionDualGuidedPipeline(**{n: getattr(pipe, n) for n in names}, text_unet=None).save_pretrained(
@@ -340,8 +342,6 @@ def sample_grid(pipe, split, path: str, n: int = 8, seed: int = 0, num_inference
                 guidance_scale: float = 4.0) -> str:
     """A PNG: per test image, ground truth | image variation (text weight 0) | text-to-image from the fine caption
     (text weight 1) | Brain-Diffuser img2img from the true image and contexts. Returns ``path``."""
-    from PIL import Image, ImageDraw
-
     truth = split.images[:n]
     vision = vision_contexts(pipe, truth)
     fine = text_contexts(pipe, [(f[0] if f else c[0]) for c, f in zip(split.captions[:n], split.fine_captions[:n])])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from .text_encoder import check_resblocks, resblocks_state, uses_quick_gelu
 
@@ -50,8 +51,6 @@ def _open_clip_visual(model) -> nn.Module:
 
 def open_clip_vision_config(model, quick_gelu: bool | None = None):
     """The ``CLIPVisionConfig`` describing ``model``'s ViT; raises for features ``CLIPVisionModel`` lacks."""
-    from transformers import CLIPVisionConfig
-
     visual = _open_clip_visual(model)
     blocks = list(visual.transformer.resblocks)
     first = check_resblocks(blocks, "image", "CLIPVisionModel")
@@ -75,8 +74,6 @@ def open_clip_vision_config(model, quick_gelu: bool | None = None):
 def convert_open_clip_vision_to_hf(model):
     """A transformers ``CLIPVisionModelWithProjection`` holding the weights of an open_clip CLIP's ViT; float32,
     eval mode. Every tensor of the HF model is set (a missing or left-over tensor is an error)."""
-    from transformers import CLIPVisionModelWithProjection
-
     visual = _open_clip_visual(model)
     config = open_clip_vision_config(model)
     hf = CLIPVisionModelWithProjection(config)
@@ -106,8 +103,6 @@ def convert_open_clip_vision_to_hf(model):
 def world_clip_image_processor(scorer):
     """The ``CLIPImageProcessor`` that feeds a ``CLIPScorer``'s ViT as the scorer does: bicubic resize of the
     shortest edge and centre crop to its image size, its mean and std."""
-    from transformers import CLIPImageProcessor
-
     size = int(scorer.image_size)
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                               image_mean=[float(v) for v in scorer.mean.flatten()],
