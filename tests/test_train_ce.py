@@ -287,7 +287,7 @@ def test_nsd_paper_config():
     script, training = parse("--config", os.path.join(CONFIGS, "nsd_paper.yaml"))
     assert script.subjects == ["subj01", "subj02", "subj05", "subj07"]
     assert script.language_model == "gpt2" and script.freeze_language_model
-    assert (script.prefix_length, script.mapper_layers, script.mapper_heads) == (10, 8, 8)
+    assert (script.prefix_length, script.mapper_layers, script.mapper_heads) == (10, 32, 8)  # the seed's mapper
     assert script.caption_column == "fine_captions" and script.max_caption_tokens == 77
     assert training.num_train_epochs == 200 and not training.use_cpu
 
@@ -314,7 +314,9 @@ def test_sim_tiny_rl_config_reads_the_ce_output():
 def test_nsd_paper_rl_config_holds_the_papers_settings():
     ce, ce_out, script, rl = parse_rl_after_ce("nsd_paper.yaml", "nsd_paper_rl.yaml")
     assert script.model_name_or_path == os.path.join(ce_out, "final")
-    assert script.subjects == ce.subjects and script.sessions == ce.sessions == 37
+    # stage 2 states no data settings of its own: they come from the stage-1 model's data contract
+    assert script.subjects == ce.subjects and script.sessions is None and ce.sessions == 37
+    assert script.image_reward == "surrogate" and script.surrogate_path
     assert rl.rewards == ["object_accuracy", "clip_text_image", "clip_image_image"]
     assert rl.reward_weights == [0.01, 0.01, 0.01] and rl.baseline == "none" and rl.num_train_epochs == 10
 

@@ -154,7 +154,7 @@ def test_shipped_ldm_base_decodes_test_betas_into_the_pipeline(simnsd_dataset, w
     z_pred = torch.as_tensor(z.predict(betas))
     assert z_pred.shape == (8, 4, 16, 16)
     metrics = json.load(open(os.path.join(resolve_pretrained("simnsd/ldm_base"), "metrics.json")))
-    assert metrics["subj01"]["z"]["test"]["column_r"] > 0.2
+    assert metrics["subj01"]["z"]["validation"]["column_r"] > 0.2  # scored on the validation split
     # the predicted latents are nearer their own image's VAE latent than the other images' (planted signal)
     pipe = world_ldm_pipeline("subj01")
     assert isinstance(pipe, FgB2ILDMPipeline) and pipe.brain_model is None
