@@ -20,12 +20,16 @@ import functools
 import os
 
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import decoders as tokenizer_decoders
+from tokenizers import models as tokenizer_models
 from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
     GPT2Config,
     LlamaConfig,
     LlavaConfig,
@@ -145,14 +149,11 @@ def tiny_llava_tokenizer():
     Words outside the small vocabulary map to ``<unk>`` (the prompt's "USER:" included); punctuation is split off
     ('.' and ',' are words) so generated text has sentence ends.
     """
-    # imported here: the name is bound otherwise at module level
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
     vocab = {t: i for i, t in enumerate(specials + list(dict.fromkeys(_TINY_LLAVA_WORDS)))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins with spaces, no space before . and ,
+    tok.decoder = tokenizer_decoders.WordPiece(prefix="##", cleanup=True)  # joins with spaces, no space before . and ,
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", extra_special_tokens={"image_token": "<image>"},
                                    padding_side="left")
@@ -326,14 +327,6 @@ def tiny_brain_diffuser_extractor(model_seed: int = 0, width: int = 32, image_si
                                   **kwargs):
     """VD-shaped components: CLIP text with projection (77 x width) and CLIP vision with projection at
     ``image_size`` px, patch 4 (clip_vision: (image_size/4)^2 + 1 tokens x width)."""
-    # imported here: the name is bound otherwise at module level
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextModelWithProjection,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
-
     with torch.random.fork_rng():
         torch.manual_seed(model_seed)
         text_encoder = CLIPTextModelWithProjection(_text_config(width))

@@ -186,14 +186,18 @@ def _seq(out):
 
 
 def _assert_same_greedy(hf, fast):
-    """Tokens equal, or a first difference at a step whose two best logits are a tie within SCORE_TOL."""
+    """Per-step scores within SCORE_TOL; tokens equal, except a row whose first difference is at a step where the two
+    best logits are a tie within that tolerance (the two paths run other kernels: see the module docstring)."""
     torch.testing.assert_close(torch.stack(fast.scores), torch.stack(hf.scores[: len(fast.scores)]), **SCORE_TOL)
+    same = 0
     for i, (a, b) in enumerate(zip(fast.sequences.tolist(), hf.sequences.tolist())):
-        if a != b:
-            step = next(t for t, (x, y) in enumerate(zip(a, b)) if x != y)
-            top2 = hf.scores[step][i].topk(2).values
-            assert float(top2[0] - top2[1]) <= SCORE_TOL["atol"], (i, step)
-    assert torch.equal(fast.sequences, hf.sequences)  # no tie in these tests as written
+        if a == b:
+            same += 1
+            continue
+        step = next(t for t, (x, y) in enumerate(zip(a, b)) if x != y)
+        top2 = hf.scores[step][i].topk(2).values
+        assert float(top2[0] - top2[1]) <= SCORE_TOL["atol"], (i, step)
+    assert same >= len(hf.sequences) - 1  # a tie is rare (none in these tests as written: all rows equal)
 
 
 @pytest.mark.parametrize("seed, kwargs", [
@@ -215,8 +219,9 @@ def test_fast_greedy_equals_transformers(seed, kwargs):
     fast = model.generate(beam_impl="fast", **common)
     _assert_same_greedy(hf, fast)
     assert len(fast.logits) == len(fast.scores) == fast.sequences.shape[1]
+    # beam_impl="auto" runs the same fast path in this process, on the same tensors: bitwise by construction
     assert torch.equal(model.generate(betas=betas, subject=subjects, max_new_tokens=14,
-                                      **({} if pad is None else {"pad_token_id": pad})), fast.sequences)  # auto
+                                      **({} if pad is None else {"pad_token_id": pad})), fast.sequences)
     # torch's default matrix product instead of oneDNN-packed weights: same tokens
     config, _ = resolve_generation_config(model.gpt2, dict(max_new_tokens=14, return_dict_in_generate=True,
                                                            output_scores=True, pad_token_id=pad or tok.eos_token_id))
@@ -235,10 +240,12 @@ def test_fast_greedy_two_stop_tokens_and_transformers_own_greedy():
     subjects = ["subj01", "subj02", "subj01"]
     betas = random_betas(COUNTS, subjects, seed=8)
     first = model.generate(betas=betas, subject=subjects, max_new_tokens=10, beam_impl="hf")[0].tolist()
-    kwargs = dict(betas=betas, subject=subjects, max_new_tokens=10, eos_token_id=[first[3], tok.eos_token_id])
+    kwargs = dict(betas=betas, subject=subjects, max_new_tokens=10, eos_token_id=[first[3], tok.eos_token_id],
+                  return_dict_in_generate=True, output_scores=True)
     hf, fast = model.generate(beam_impl="hf", **kwargs), model.generate(beam_impl="fast", **kwargs)
-    assert torch.equal(fast, hf) and fast.shape[1] <= 10
-    assert first[3] in fast[0].tolist() and fast[0].tolist().index(first[3]) <= 3  # control: the extra stop ends row 0
+    _assert_same_greedy(hf, fast)
+    row = fast.sequences[0].tolist()
+    assert first[3] in row and row.index(first[3]) <= 3  # control: the extra stop token ends row 0
     # beam_impl="hf" is transformers' own greedy decoding: same process, same kernels, so bitwise
     mask = torch.ones(3, model.config.prefix_length, dtype=torch.long)
     direct = model.gpt2.generate(inputs_embeds=model.encode_brain(betas, subjects), attention_mask=mask,

@@ -36,7 +36,13 @@ import torch
 from numpy.lib.format import open_memmap
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 from ..core import atomic_write_json, resolve_pretrained, save_npy_atomic
 
@@ -254,14 +260,6 @@ class BrainDiffuserTargetExtractor(TargetExtractor):
     @classmethod
     def from_pretrained(cls, name_or_path: str = VERSATILE_DIFFUSION_MODEL, *, revision: str | None = None,
                         **kwargs):
-        # imported here: the name is bound otherwise at module level
-        from transformers import (
-            CLIPImageProcessor,
-            CLIPTextModelWithProjection,
-            CLIPTokenizer,
-            CLIPVisionModelWithProjection,
-        )
-
         path = resolve_pretrained(name_or_path)
         return cls(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision),
                    CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder", revision=revision),

@@ -84,9 +84,6 @@ def subject_nsd_ids(nsd_root: str, subjects, sessions: int | None = None) -> lis
 
 def coco_truth(nsd_root: str, nsd_ids) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     """``({nsd_id: COCO instance category names}, {nsd_id: COCO captions})`` for the given images."""
-    # imported here: the name is bound otherwise at module level
-    from ..data.layout import NSDPaths
-
     paths = NSDPaths(nsd_root)
     info = read_stim_info(paths, sorted({int(i) for i in nsd_ids}))
     wanted: dict[str, set[int]] = {}
@@ -249,9 +246,6 @@ def audit_nsd(config: AuditCaptionsConfig, scorer=None) -> AuditOutcome:
 
     ``scorer``: a CLIP scorer to use instead of loading ``config.clip_model`` (tests inject a tiny one).
     """
-    # imported here: the name is bound otherwise at module level
-    from ..data.layout import NSDPaths
-
     if config.filter is not None and config.filter not in ("flag", "drop"):
         raise ValueError(f"filter must be 'flag', 'drop' or None, got {config.filter!r}")
     thresholds = config.thresholds()

@@ -36,7 +36,7 @@ from ..core import (
 )
 from ..data import NSDStimuli, load_nsd
 from ..data.layout import subject_list
-from ..rewards import clip_identity
+from ..rewards import clip_identity, fit_render_surrogate
 from .render_args import RENDERER_KINDS, RenderArguments, build_renderer, load_clip
 
 
@@ -134,9 +134,6 @@ def render_embeddings(captions: list[str], renderer, scorer, path: str | None = 
 
 def run_fit_reward_surrogate(script_args: SurrogateScriptArguments, fit_config) -> dict:
     """Render the training captions, fit the surrogate, save it to ``output_dir``; returns the fit's report."""
-    # imported here: the name is bound otherwise at module level
-    from ..rewards import clip_identity, fit_render_surrogate
-
     if not script_args.nsd_root:
         raise ValueError("nsd_root is required: the NSD (or SimNSD) root in NSD's raw layout")
     device = torch.device(script_args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

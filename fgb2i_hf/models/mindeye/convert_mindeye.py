@@ -112,6 +112,9 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError:
+            # a full training checkpoint (optimiser, argparse namespace...): weights_only refuses its other objects,
+            # so unpickle with _TensorOnlyUnpickler, which resolves only torch's tensor-rebuild functions and
+            # OrderedDict and turns every other global into an inert stand-in (nothing of the file is executed)
             obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True, pickle_module=_TensorOnlyPickle)
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
