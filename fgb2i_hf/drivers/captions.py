@@ -31,6 +31,7 @@ from ..captions.audit import (
 )
 from ..captions.cache import CaptionCacheError, read_cache, write_records_atomic
 from ..captions.enhance import DEFAULT_MODEL, DEFAULT_PROMPT, EnhanceSummary, ImageCaptioner, enhance_captions
+from ..clip import CLIPScorer
 from ..core import TINY_RANDOM  # smoke runs: fgb2i_hf.tiny.tiny_llava, random weights
 from ..core import loading_config_field
 from ..data import NSDStimuli
@@ -275,9 +276,6 @@ def audit_nsd(config: AuditCaptionsConfig, scorer=None) -> AuditOutcome:
     try:
         if use_clip:
             if scorer is None:
-                from ..clip import CLIPScorer
-                from ..core import loading_config_field
-
                 with loading_config_field("clip_model", config.clip_model):
                     scorer = CLIPScorer.from_pretrained(config.clip_model, pretrained=config.clip_pretrained,
                                                         device=config.device)
