@@ -20,9 +20,10 @@ import functools
 import os
 
 import torch
-from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import Tokenizer
 from tokenizers import decoders as tokenizer_decoders
 from tokenizers import models as tokenizer_models
+from tokenizers import pre_tokenizers
 from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,
@@ -265,12 +266,6 @@ def tiny_vd_components(seed: int = 0, dim: int = TINY_CROSS_ATTENTION_DIM, visio
     # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import UNet2DConditionModel
     from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextModelWithProjection,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
 
     torch.manual_seed(seed)
     image_unet = UNet2DConditionModel(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),

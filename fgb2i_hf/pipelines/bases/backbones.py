@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 from ...tiny import tiny_sd_components, tiny_vd_components
 from .spec import Backbone
@@ -20,12 +26,6 @@ def _vd_classes() -> dict:
     # imported here: diffusers is a heavy import, needed only on this path
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-        CLIPVisionModelWithProjection,
-    )
 
     return {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModelWithProjection,
             "image_encoder": CLIPVisionModelWithProjection, "image_feature_extractor": CLIPImageProcessor,
